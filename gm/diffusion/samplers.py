@@ -1,0 +1,337 @@
+"""ODE/SDE samplers over a descending sigma schedule, as plain functions.
+
+Mirrors sgm `modules/diffusionmodules/sampling.py` (itself ported from k-diffusion): EulerEDM,
+HeunEDM, EulerAncestral, DPM++(2S) ancestral, DPM++(2M) and linear multistep. Every sampler has
+the signature
+
+    f(denoise, x, sigmas, *, noise_fn=None, callback=None, <options>) -> x
+
+where `denoise(x, sigma) -> denoised` is already guided (see gm.diffusion.guiders.guided),
+`x` starts at sigmas[0] (use `sample`, which scales the unit noise by sqrt(1 + sigma_0^2)),
+and `noise_fn(step_index)` supplies the churn / ancestral noise. Branch decisions read a CPU
+copy of the schedule and the scalar math runs on a device copy in float32 (as the reference
+does), so a step costs no host sync.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from gm.diffusion.schedules import start_scale
+from gm.errors import UsageError
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma (B,)) -> denoised
+NoiseFn = Callable[[int], torch.Tensor]  # step index -> standard normal noise shaped like x
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step index, x, denoised)
+
+
+def make_noise_fn(
+    generator: torch.Generator, shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype
+) -> NoiseFn:
+    """Noise drawn on the CPU from `generator` (in call order), then moved: CPU == GPU numbers."""
+
+    def noise_fn(step_index: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
+
+    return noise_fn
+
+
+def _default_noise(x: torch.Tensor) -> NoiseFn:
+    return make_noise_fn(torch.default_generator, tuple(x.shape), x.device, x.dtype)
+
+
+class _Schedule:
+    """The sigmas twice: a CPU copy for branching, a device copy for the float32 scalar math."""
+
+    def __init__(self, sigmas: torch.Tensor, x: torch.Tensor) -> None:
+        self.cpu = sigmas.detach().to("cpu", torch.float32)
+        self.dev = self.cpu.to(x.device)
+        self.batch = x.shape[0]
+
+    def __len__(self) -> int:
+        return len(self.cpu) - 1  # number of steps
+
+    def is_zero(self, i: int) -> bool:
+        return float(self.cpu[i]) == 0.0
+
+    def batched(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.expand(self.batch)  # () -> (B,)
+
+
+def _to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE slope dx/dsigma = (x - D(x, sigma)) / sigma."""
+    return (x - denoised) / sigma
+
+
+def ancestral_step(
+    sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma_down, sigma_up): deterministic step to sigma_down, then add sigma_up fresh noise.
+
+    sigma_up = min(s', eta * sqrt(s'^2 (s^2 - s'^2) / s^2)), sigma_down = sqrt(s'^2 - sigma_up^2).
+    eta = 0 is the deterministic sampler (the reference crashes on it).
+    """
+    if not eta:
+        return sigma_next, torch.zeros_like(sigma_next)
+    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+@torch.no_grad()
+def sample_euler(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise_fn: NoiseFn | None = None,
+    callback: Callback | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """Karras et al. (2022) Algorithm 2 without the 2nd-order step: churn, then one Euler step."""
+    sched = _Schedule(sigmas, x)
+    noise_fn = noise_fn or _default_noise(x)
+    n = len(sched)
+    for i in range(n):
+        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sched.cpu[i]) <= s_tmax else 0.0
+        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
+        sigma_hat = sigma * (gamma + 1.0)
+        if gamma > 0:
+            x = x + noise_fn(i) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        denoised = denoise(x, sched.batched(sigma_hat))
+        d = _to_d(x, sigma_hat, denoised)
+        x = x + (sigma_next - sigma_hat) * d
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise_fn: NoiseFn | None = None,
+    callback: Callback | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """Karras et al. (2022) Algorithm 2: Euler, then the trapezoid correction unless sigma_next = 0."""
+    sched = _Schedule(sigmas, x)
+    noise_fn = noise_fn or _default_noise(x)
+    n = len(sched)
+    for i in range(n):
+        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sched.cpu[i]) <= s_tmax else 0.0
+        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
+        sigma_hat = sigma * (gamma + 1.0)
+        if gamma > 0:
+            x = x + noise_fn(i) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        denoised = denoise(x, sched.batched(sigma_hat))
+        d = _to_d(x, sigma_hat, denoised)
+        dt = sigma_next - sigma_hat
+        x_euler = x + dt * d
+        if sched.is_zero(i + 1):
+            x = x_euler  # the last step to sigma 0 stays first-order (saves a network call)
+        else:
+            denoised_next = denoise(x_euler, sched.batched(sigma_next))
+            d_next = _to_d(x_euler, sigma_next, denoised_next)
+            x = x + (d + d_next) / 2.0 * dt
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise_fn: NoiseFn | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """Euler step to sigma_down, then add s_noise * sigma_up * fresh noise (if sigma_next > 0)."""
+    sched = _Schedule(sigmas, x)
+    noise_fn = noise_fn or _default_noise(x)
+    for i in range(len(sched)):
+        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        denoised = denoise(x, sched.batched(sigma))
+        x = x + (sigma_down - sigma) * _to_d(x, sigma, denoised)
+        if eta and not sched.is_zero(i + 1):
+            x = x + noise_fn(i) * s_noise * sigma_up
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise_fn: NoiseFn | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """DPM-Solver++(2S) (Lu et al. 2022, Alg. 1) to sigma_down with a midpoint in -log(sigma), plus
+    ancestral noise. With t = -ln(sigma): x2 = (s_mid/s) x - expm1(-h/2) D, x = (s_down/s) x - expm1(-h) D2."""
+    sched = _Schedule(sigmas, x)
+    noise_fn = noise_fn or _default_noise(x)
+    for i in range(len(sched)):
+        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        denoised = denoise(x, sched.batched(sigma))
+        # Branch on a CPU copy of sigma_down (0 when sigma_next is 0, or when eta > 1 takes it all).
+        if float(ancestral_step(sched.cpu[i], sched.cpu[i + 1], eta)[0]) == 0.0:
+            x = x + (sigma_down - sigma) * _to_d(x, sigma, denoised)
+        else:
+            t, t_next = -sigma.log(), -sigma_down.log()
+            h = t_next - t
+            s = t + 0.5 * h
+            x2 = ((-s).exp() / (-t).exp()) * x - (-0.5 * h).expm1() * denoised
+            denoised2 = denoise(x2, sched.batched((-s).exp()))
+            x = ((-t_next).exp() / (-t).exp()) * x - (-h).expm1() * denoised2
+        if eta and not sched.is_zero(i + 1):
+            x = x + noise_fn(i) * s_noise * sigma_up
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise_fn: NoiseFn | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): second order from the previous D, with
+    r = h_prev / h; the first step and the final step to sigma 0 are first order."""
+    sched = _Schedule(sigmas, x)
+    old_denoised: torch.Tensor | None = None
+    for i in range(len(sched)):
+        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
+        denoised = denoise(x, sched.batched(sigma))
+        if sched.is_zero(i + 1):
+            x = denoised  # (0/s) x - expm1(-inf) D = D, without the infinities
+        else:
+            t, t_next = -sigma.log(), -sigma_next.log()
+            h = t_next - t
+            mult_x, mult_d = (-t_next).exp() / (-t).exp(), (-h).expm1()
+            if old_denoised is None:
+                x = mult_x * x - mult_d * denoised
+            else:
+                r = (t + sched.dev[i - 1].log()) / h  # h_prev / h
+                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+                x = mult_x * x - mult_d * denoised_d
+        old_denoised = denoised
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+# Gauss-Legendre on [-1, 1]: exact for polynomials up to degree 15, far beyond LMS order 4.
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(8)
+
+
+def lms_coefficient(order: int, sigmas: np.ndarray, i: int, j: int) -> float:
+    """Integral over [sigma_i, sigma_{i+1}] of the Lagrange basis polynomial of node sigma_{i-j}
+    on the nodes sigma_i, ..., sigma_{i-order+1} (what the reference gets from scipy.quad)."""
+    if order - 1 > i:
+        raise ValueError(f"order {order} too high for step {i}")
+    nodes = [float(sigmas[i - k]) for k in range(order)]
+    a, b = float(sigmas[i]), float(sigmas[i + 1])
+    tau = 0.5 * (b - a) * _GL_NODES + 0.5 * (b + a)
+    basis = np.ones_like(tau)
+    for k in range(order):
+        if k != j:
+            basis *= (tau - nodes[k]) / (nodes[j] - nodes[k])
+    return float(0.5 * (b - a) * np.dot(_GL_WEIGHTS, basis))
+
+
+@torch.no_grad()
+def sample_lms(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise_fn: NoiseFn | None = None,
+    callback: Callback | None = None,
+    order: int = 4,
+) -> torch.Tensor:
+    """Linear multistep: integrate the Lagrange interpolant of the last `order` slopes."""
+    sched = _Schedule(sigmas, x)
+    sigmas_np = sched.cpu.numpy()
+    ds: list[torch.Tensor] = []
+    for i in range(len(sched)):
+        sigma = sched.dev[i]
+        denoised = denoise(x, sched.batched(sigma))
+        ds.append(_to_d(x, sigma, denoised))
+        if len(ds) > order:
+            ds.pop(0)
+        cur_order = min(i + 1, order)
+        coeffs = [lms_coefficient(cur_order, sigmas_np, i, j) for j in range(cur_order)]
+        x = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds), strict=True))
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "euler_a": sample_euler_ancestral,
+    "dpmpp_2s_a": sample_dpmpp_2s_ancestral,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "lms": sample_lms,
+}
+
+
+def sampler_options(name: str) -> tuple[str, ...]:
+    """The options sampler `name` accepts (besides noise_fn and callback)."""
+    params = inspect.signature(SAMPLERS[name]).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("noise_fn", "callback"))
+
+
+def sample(
+    name: str,
+    denoise: Denoise,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise_fn: NoiseFn | None = None,
+    callback: Callback | None = None,
+    **options: float,
+) -> torch.Tensor:
+    """Run sampler `name` from unit `noise`, first scaled by sqrt(1 + sigma_0^2) (into a new tensor).
+
+    `options` are the sampler's own settings (s_churn, eta, order, ...); an unknown one is an error.
+    """
+    if name not in SAMPLERS:
+        raise UsageError(f"unknown sampler {name!r}", hint=f"use one of {', '.join(SAMPLERS)}")
+    valid = sampler_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UsageError(
+            f"sampler {name!r} has no option {', '.join(unknown)}",
+            hint=f"its options are {', '.join(valid) or 'none'}",
+        )
+    x = noise.float() * start_scale(sigmas).to(noise.device)
+    return SAMPLERS[name](denoise, x, sigmas, noise_fn=noise_fn, callback=callback, **options)

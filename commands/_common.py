@@ -1,0 +1,89 @@
+"""Shared CLI pieces: option types, the error boundary, preset handling.
+
+Commands stay thin (STYLE.md rule 9): parse options, call one engine function inside `run`,
+print results through gm.console. Heavy imports (torch, models) happen inside command bodies so
+that `gm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+T = TypeVar("T")
+
+MAIN, SAMPLING, PERF, OUTPUT = "Main", "Sampling", "Performance", "Output"
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.", rich_help_panel=OUTPUT)]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.", rich_help_panel=OUTPUT)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per result on stdout.", rich_help_panel=OUTPUT)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="TABLE.KEY=VALUE",
+                 help="Override a preset value, e.g. --set sampler.steps=30 (tables: sampler, guider, defaults, perf).",
+                 rich_help_panel=SAMPLING),
+]
+ShowPresetOpt = Annotated[bool, typer.Option("--show-preset", help="Print the effective preset as TOML and exit.",
+                                             rich_help_panel=OUTPUT)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda, cuda:N, mps or cpu.", rich_help_panel=PERF)]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Network precision: auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32.",
+                                       rich_help_panel=PERF)]
+LowVramOpt = Annotated[bool, typer.Option("--low-vram", help="Keep only the running stage on the GPU.", rich_help_panel=PERF)]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser and VAE decode (slow first run).",
+                                          rich_help_panel=PERF)]
+CheckpointOpt = Annotated[
+    str | None,
+    typer.Option("--checkpoint", metavar="FILE",
+                  help="Checkpoint file (default: $GM_CHECKPOINTS, ./checkpoints, then the Hugging Face cache).",
+                  rich_help_panel=MAIN),
+]
+UnsafePickleOpt = Annotated[bool, typer.Option("--unsafe-pickle", help="Allow loading a pickle .ckpt (weights only).",
+                                               rich_help_panel=MAIN)]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the preset's).", rich_help_panel=SAMPLING)]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)]
+
+
+def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False, json_mode: bool = False) -> T:
+    """Run a command body: GmError -> one line + hint and its exit code; no traceback unless --debug."""
+    from gm.console import console
+    from gm.errors import GmError
+
+    console.configure(quiet=quiet, json_mode=json_mode)
+    try:
+        return fn()
+    except GmError as err:
+        if debug:
+            raise
+        console.error(str(err))
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as err:  # a bug: say so in one line, the traceback is behind --debug
+        if debug:
+            raise
+        console.error(f"internal error: {type(err).__name__}: {err} (run again with --debug for the traceback)")
+        raise typer.Exit(1) from None
+
+
+def load_preset(name: str, overrides: list[str] | None, show: bool = False) -> Any:
+    """Load (and type-check) a preset; with --show-preset print it and stop."""
+    from gm import presets
+
+    preset = presets.load(name, overrides or [])
+    if show:
+        sys.stdout.write(presets.to_toml(preset))
+        raise typer.Exit(0)
+    return preset
+
+
+def not_implemented(name: str) -> None:
+    from gm.console import console
+
+    console.error(f"`gm {name}` is not implemented yet in this build")
+    raise typer.Exit(2)

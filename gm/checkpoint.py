@@ -1,0 +1,250 @@
+"""Released .safetensors -> modules: find the file, check it, mmap it into a meta-built model.
+
+The reference loads every checkpoint with `load_state_dict(strict=False)` and only prints what
+did not match (REFERENCE.md §8 item 1). Here loading is strict: the file's tensor names and
+shapes are compared with the model's before anything is read, and any difference is one error
+naming the preset, the file and the first offending tensors. Modules are built on the `meta`
+device; tensors are read through safetensors' mmap straight to the target device and dtype
+and attached with `load_state_dict(assign=True)`: no random init, no second copy in RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from gm.errors import CheckpointError
+from gm.presets import Preset
+
+# LDM-era SD 2.x files keep the OpenCLIP text encoder under its old attribute name. This is
+# the one key-layout rename gm needs (see ../shared/manifests/README.md).
+LDM_RENAMES = (("cond_stage_model.model.", "conditioner.embedders.0.model."),)
+# DDPM schedule buffers that LDM files carry and sgm recomputes.
+LDM_SCHEDULE_BUFFERS = frozenset(
+    {
+        "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+        "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+        "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+        "posterior_mean_coef1", "posterior_mean_coef2", "model_ema.decay", "model_ema.num_updates",
+    }
+)
+_SHOW = 5  # offending names shown per category
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def search_locations(preset: Preset, explicit: str | Path | None = None) -> list[Path]:
+    """Where the checkpoint of `preset` is looked for, in order."""
+    if explicit:
+        return [Path(explicit).expanduser()]
+    assert preset.checkpoint is not None
+    name = preset.checkpoint.file
+    places = []
+    if os.environ.get("GM_CHECKPOINTS"):
+        places.append(Path(os.environ["GM_CHECKPOINTS"]).expanduser() / name)
+    places.append(Path.cwd() / "checkpoints" / name)
+    return places
+
+
+def find_checkpoint(preset: Preset, explicit: str | Path | None = None) -> Path:
+    """The checkpoint file of `preset`: --checkpoint, $GM_CHECKPOINTS, ./checkpoints, the HF cache."""
+    if preset.checkpoint is None:
+        raise CheckpointError(f"preset '{preset.name}' names no checkpoint file")
+    places = search_locations(preset, explicit)
+    for path in places:
+        if path.is_file():
+            return path
+    if explicit:
+        raise CheckpointError(f"checkpoint not found: {places[0]}", "check the --checkpoint path")
+    cached = _hf_cache_path(preset)
+    if cached is not None:
+        return cached
+    looked = ", ".join(str(p) for p in places) + ", the Hugging Face cache"
+    raise CheckpointError(
+        f"checkpoint {preset.checkpoint.file} not found (looked in {looked})",
+        f"run `gm download {preset.name}`",
+    )
+
+
+def _hf_cache_path(preset: Preset) -> Path | None:
+    if preset.checkpoint is None or not preset.checkpoint.repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        return None
+    hit = try_to_load_from_cache(preset.checkpoint.repo, preset.checkpoint.file)
+    return Path(hit) if isinstance(hit, str) and Path(hit).is_file() else None
+
+
+def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor name -> (dtype, shape) from a safetensors header; truncated/corrupt files raise."""
+    if path.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path.name} is a pickle checkpoint; gm loads .safetensors only",
+            "use the .safetensors release file, or pass --unsafe-pickle if you trust this file",
+        )
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)", "download it again")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100_000_000:
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors header", "download it again")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path}: corrupt safetensors header", "download it again") from None
+    header.pop("__metadata__", None)
+    end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    if 8 + n + end > size:
+        missing = 8 + n + end - size
+        raise CheckpointError(
+            f"{path}: truncated ({missing} bytes missing of {8 + n + end})", "download it again"
+        )
+    return {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items()}
+
+
+def map_key(key: str, layout: str) -> str | None:
+    """Released-file key -> module key; None for tensors the layout says to drop."""
+    if layout == "ldm":
+        if key in LDM_SCHEDULE_BUFFERS or key.startswith("model_ema."):
+            return None
+        for old, new in LDM_RENAMES:
+            if key.startswith(old):
+                return new + key[len(old):]
+    return key
+
+
+def compare(
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, tuple[int, ...]],
+    optional: Iterable[str] = (),
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape descriptions) between a model and a file."""
+    optional = set(optional)
+    missing = sorted(k for k in expected if k not in found)
+    unexpected = sorted(k for k in found if k not in expected and k not in optional)
+    shapes = sorted(
+        f"{k} (file {list(found[k])}, model {list(expected[k])})"
+        for k in expected
+        if k in found and tuple(found[k]) != tuple(expected[k])
+    )
+    return missing, unexpected, shapes
+
+
+def mismatch_message(label: str, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    parts = []
+    for what, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if names:
+            more = f", … +{len(names) - _SHOW} more" if len(names) > _SHOW else ""
+            parts.append(f"{len(names)} {what}: {', '.join(names[:_SHOW])}{more}")
+    return f"{label} does not match: " + "; ".join(parts)
+
+
+def load_into(
+    module,
+    path: Path,
+    *,
+    layout: str = "sgm",
+    optional: Iterable[str] = (),
+    device="cpu",
+    dtype_for: Callable[[str], object] | None = None,
+    label: str = "",
+    unsafe_pickle: bool = False,
+) -> None:
+    """Strictly load the checkpoint at `path` into `module` (built on the meta device).
+
+    `dtype_for(key)` picks each tensor's dtype (None = keep the file's). Floating tensors are
+    converted on the way from the mmap to `device`. Pickle files are refused unless
+    `unsafe_pickle` (then read with `weights_only=True`).
+    """
+    import torch
+
+    label = label or str(path)
+    if unsafe_pickle and path.suffix in PICKLE_SUFFIXES:
+        pickled = load_pickle_state(path)
+        header = {k: (str(v.dtype), tuple(v.shape)) for k, v in pickled.items()}
+        get = pickled.__getitem__
+    else:
+        header = read_header(path)
+        get = None
+    renamed = {}
+    for key in header:
+        new = map_key(key, layout)
+        if new is not None:
+            renamed[new] = key
+    expected = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+    found = {k: header[src][1] for k, src in renamed.items()}
+    missing, unexpected, shapes = compare(expected, found, optional)
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            mismatch_message(f"{label}: {path.name}", missing, unexpected, shapes),
+            "is this the right checkpoint for the preset? see `gm download --list`",
+        )
+
+    def convert(key: str, tensor):
+        dtype = dtype_for(key) if dtype_for is not None else None
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        return tensor.to(device)
+
+    try:
+        if get is not None:
+            state = {key: convert(key, get(renamed[key])) for key in expected}
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                state = {key: convert(key, f.get_tensor(renamed[key])) for key in expected}
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: cannot read tensors ({err})", "download it again") from None
+    module.load_state_dict(state, strict=True, assign=True)
+    materialize_buffers(module, torch.device(device))
+
+
+def materialize_buffers(module, device) -> None:
+    """Give buffers that are still on `meta` after loading (non-persistent ones) real values.
+
+    A module that owns such buffers defines `init_buffers(device)`; any meta tensor left after
+    that is a bug in the model code and raises.
+    """
+    for sub in module.modules():
+        init = getattr(sub, "init_buffers", None)
+        if init is not None and any(b.is_meta for b in sub.buffers(recurse=False)):
+            init(device)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"internal error: tensors left unmaterialised after loading: {left[:_SHOW]}")
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None, chunk: int = 1 << 24) -> str:
+    """Hex sha256 of a file, read in chunks (`progress(nbytes)` after each)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            if progress is not None:
+                progress(len(block))
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, progress: Callable[[int], None] | None = None) -> None:
+    got = sha256_file(path, progress)
+    if got != expected.lower():
+        raise CheckpointError(
+            f"{path}: sha256 mismatch (expected {expected[:12]}…, got {got[:12]}…)",
+            "the file is corrupt or not the released one; delete it and run `gm download` again",
+        )
+
+
+def load_pickle_state(path: Path) -> dict:
+    """A .ckpt/.pt state dict, only when the user asked for it (--unsafe-pickle)."""
+    import torch
+
+    obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj

@@ -1,0 +1,75 @@
+"""Device and precision choices, and the speed settings, in one place (STYLE.md rule 8).
+
+Nothing else in gm hard-codes CUDA (the reference does: REFERENCE.md §8 item 5).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gm.errors import UsageError
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available", "use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: Apple MPS is not available", "use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device", "use auto, cuda, cuda:N, mps or cpu") from None
+
+
+def pick_dtype(name: str, device: torch.device, gpu_default: str = "fp16") -> torch.dtype:
+    """`auto`: the reference's low precision on a GPU (`gpu_default`), fp32 on the CPU."""
+    if name == "auto":
+        name = gpu_default if device.type in ("cuda", "mps") else "fp32"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError("this GPU has no bf16 support", "use --dtype fp16 or fp32")
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise UsageError(f"unknown dtype {name!r}", "use auto, fp16, bf16 or fp32") from None
+
+
+def apply_speed_settings(device: torch.device) -> None:
+    """TF32 matmuls/convolutions on Ampere+ GPUs (fp32 parts such as the VAE get faster)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device, None elsewhere."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def cpu_generator(seed: int) -> torch.Generator:
+    """All noise comes from a CPU generator and is moved to the device: same seed, same numbers."""
+    return torch.Generator("cpu").manual_seed(int(seed))
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)

@@ -1,0 +1,85 @@
+"""Output files: numbered names in the output folder, written to a temporary name and renamed.
+
+Never overwrites: the final name is claimed with a hard link (atomic, fails if the name
+exists), so two gm processes writing to one folder cannot clobber each other, and a crash
+mid-write leaves only a hidden temporary file, never a half-written result.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from gm.errors import InputError, UsageError
+
+_NUMBER = re.compile(r"^(\d+)")
+
+
+def ensure_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create output folder {out}: {err.strerror}", "pick another --out") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"output folder {out} is not writable", "pick another --out")
+    return out
+
+
+def next_number(out_dir: Path) -> int:
+    """One more than the largest leading number of any file in `out_dir` (0 if none)."""
+    numbers = [int(m.group(1)) for p in out_dir.iterdir() if (m := _NUMBER.match(p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def write_atomic(final: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)`, then move the result to `final` without ever replacing a file."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.link(tmp, final)  # atomic; raises FileExistsError instead of overwriting
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def write_numbered(out_dir: Path, suffix: str, write: Callable[[Path], None], digits: int = 6,
+                   tag: str = "") -> Path:
+    """Write to `out_dir/NNNNNN<tag><suffix>`, taking the next free number."""
+    for _ in range(1000):
+        final = out_dir / f"{next_number(out_dir):0{digits}d}{tag}{suffix}"
+        try:
+            return write_atomic(final, write)
+        except FileExistsError:
+            continue  # another process took the number: try the next
+    raise InputError(f"could not find a free file name in {out_dir}")
+
+
+def expand_inputs(items: list[str], suffixes: tuple[str, ...], what: str = "image") -> list[Path]:
+    """Files, folders (their matching files, sorted) and `-` (paths read from stdin)."""
+    import sys
+
+    paths: list[Path] = []
+    for item in items:
+        if item == "-":
+            paths += [Path(line.strip()) for line in sys.stdin if line.strip()]
+            continue
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+            if not found:
+                raise InputError(f"{path}: no {what} files ({', '.join(suffixes)}) in this folder")
+            paths += found
+        else:
+            paths.append(path)
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file", f"give an existing {what} file, a folder or -")
+    if not paths:
+        raise UsageError(f"no {what} given", f"pass {what} files, a folder, or - to read paths from stdin")
+    return paths

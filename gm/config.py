@@ -66,7 +66,7 @@ def convert(value: Any, tp: Any, where: str) -> Any:
             return tuple(convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise PresetError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True)))
     if origin is list:
         (arg,) = get_args(tp) or (Any,)
         if not isinstance(value, (list, tuple)):

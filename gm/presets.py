@@ -212,7 +212,7 @@ def replace(preset: Preset, table: str, **changes: Any) -> Preset:
     """A copy of `preset` with fields of one dataclass table changed (values are type-checked)."""
     section = getattr(preset, table)
     hints = {f.name: f.type for f in dataclasses.fields(section)}
-    for key, value in changes.items():
+    for key in changes:
         if key not in hints:
             raise PresetError(f"{preset.source} [{table}]: unknown key '{key}'")
     merged = {**to_dict(section), **changes}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +40,9 @@ class CLIPTextConfig:
 
     input: str = "txt"
     output: str = "crossattn"
-    pooled_output: Optional[str] = None  # "vector" = sgm always_return_pooled
+    pooled_output: str | None = None  # "vector" = sgm always_return_pooled
     ucg_rate: float = 0.0
-    legacy_ucg_value: Optional[Union[str, float]] = None
+    legacy_ucg_value: str | float | None = None
     is_trainable: bool = False
     zero_in_uc: bool = False  # SDXL base: uc zeroes the text embeddings
     vocab_size: int = 49408

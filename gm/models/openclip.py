@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -91,9 +91,9 @@ class OpenCLIPTextConfig:
 
     input: str = "txt"
     output: str = "crossattn"
-    pooled_output: Optional[str] = None  # "vector" = sgm always_return_pooled (needs legacy false)
+    pooled_output: str | None = None  # "vector" = sgm always_return_pooled (needs legacy false)
     ucg_rate: float = 0.0
-    legacy_ucg_value: Optional[Union[str, float]] = None
+    legacy_ucg_value: str | float | None = None
     is_trainable: bool = False
     zero_in_uc: bool = False
     vocab_size: int = 49408
@@ -173,7 +173,7 @@ class OpenCLIPImageConfig:
     input: str = "cond_frames_without_noise"
     output: str = "crossattn"
     ucg_rate: float = 0.0
-    legacy_ucg_value: Optional[Union[str, float]] = None
+    legacy_ucg_value: str | float | None = None
     is_trainable: bool = False
     zero_in_uc: bool = True  # video models: uc zeroes the image conditioning
     n_cond_frames: int = 1

@@ -1,0 +1,22 @@
+"""Shared test set-up: offline, deterministic, small thread count."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+MANIFESTS = Path(__file__).resolve().parent / "manifests"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the user's checkpoints, presets or Hub cache."""
+    monkeypatch.delenv("GM_CHECKPOINTS", raising=False)
+    monkeypatch.delenv("GM_PRESETS", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))

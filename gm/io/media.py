@@ -1,0 +1,169 @@
+"""Reading and writing images and videos: PNG with metadata, mp4 (H.264 via imageio-ffmpeg), gif.
+
+Images travel as uint8 numpy arrays (H, W, 3) or float tensors in [0, 1]; videos as lists of
+such frames. Writers take a destination path and are used through gm.io.files.write_atomic, so
+a result is never half-written or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from gm.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".webm", ".mkv")
+
+
+def open_image(path: Path) -> Image.Image:
+    """A PIL image, fully read; non-images and corrupt files are InputErrors."""
+    if path.suffix.lower() in VIDEO_SUFFIXES and path.suffix.lower() != ".gif":
+        raise InputError(f"{path}: is a video, not an image", "pass a .png/.jpg image")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy() if img.format != "GIF" else img.convert("RGBA")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise InputError(f"{path}: not a readable image ({err.__class__.__name__})", "pass a .png/.jpg image") from None
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """8-bit RGB; transparency is composited on `background` (white, as the reference's demos)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / scale * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def png_info(parameters: str | None = None, gm_record: dict | None = None) -> PngImagePlugin.PngInfo:
+    """Text chunks: A1111-style `parameters` and a `gm` JSON chunk with the effective preset."""
+    info = PngImagePlugin.PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    if gm_record is not None:
+        info.add_itxt("gm", json.dumps(gm_record, sort_keys=True, default=str))
+    return info
+
+
+def write_png(path: Path, image: np.ndarray, info: PngImagePlugin.PngInfo | None = None) -> None:
+    Image.fromarray(image).save(path, format="PNG", pnginfo=info)
+
+
+def read_png_text(path: Path) -> dict[str, str]:
+    with Image.open(path) as img:
+        return dict(getattr(img, "text", {}) or {})
+
+
+def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float, metadata: dict[str, str] | None = None) -> None:
+    """H.264 yuv420p mp4 (what the reference's imageio writer produces), metadata as container tags."""
+    import imageio_ffmpeg
+
+    h, w = frames[0].shape[:2]
+    params: list[str] = []
+    for key, value in (metadata or {}).items():
+        params += ["-metadata", f"{key}={value}"]
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+        quality=8, macro_block_size=16, output_params=params, ffmpeg_log_level="error",
+    )
+    writer.send(None)
+    try:
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
+    finally:
+        writer.close()
+
+
+def write_gif(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=int(round(1000 / fps)), loop=0)
+
+
+def probe_video(path: Path) -> dict:
+    """ffmpeg's view of a video: fps, size, duration, nframes (estimate) and container tags."""
+    import imageio_ffmpeg
+
+    gen = imageio_ffmpeg.read_frames(str(path))
+    try:
+        meta = gen.__next__()
+    except (RuntimeError, OSError, StopIteration) as err:
+        raise InputError(f"{path}: not a readable video ({err})") from None
+    finally:
+        gen.close()
+    return meta
+
+
+def iter_video(path: Path, mode: str = "RGB") -> Iterator[Image.Image]:
+    """Frames of a gif (PIL, each as RGBA like the reference) or any ffmpeg-readable video."""
+    if path.suffix.lower() == ".gif":
+        try:
+            with Image.open(path) as img:
+                for index in range(getattr(img, "n_frames", 1)):
+                    img.seek(index)
+                    yield img.convert("RGBA")
+        except (UnidentifiedImageError, OSError) as err:
+            raise InputError(f"{path}: not a readable gif ({err.__class__.__name__})") from None
+        return
+    import imageio_ffmpeg
+
+    try:
+        gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        meta = gen.__next__()
+    except (RuntimeError, OSError, StopIteration) as err:
+        raise InputError(f"{path}: not a readable video ({err.__class__.__name__})", "pass an .mp4 or .gif") from None
+    w, h = meta["size"]
+    try:
+        for raw in gen:
+            yield Image.frombytes("RGB", (w, h), raw)
+    finally:
+        gen.close()
+
+
+def read_video(path: Path, limit: int | None = None) -> list[Image.Image]:
+    frames = []
+    for frame in iter_video(path):
+        frames.append(frame)
+        if limit is not None and len(frames) >= limit:
+            break
+    if not frames:
+        raise InputError(f"{path}: no frames")
+    return frames
+
+
+def video_tags(path: Path) -> dict[str, str]:
+    """Container metadata tags (title/comment/...) of an mp4, read with ffmpeg."""
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    proc = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path), "-f", "ffmetadata", "-"],
+        capture_output=True, text=True, timeout=60,
+    )
+    tags: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^([A-Za-z0-9_]+)=(.*)$", line)
+        if m:
+            tags[m.group(1).lower()] = m.group(2).replace("\\=", "=").replace("\\;", ";").replace("\\#", "#")
+    return tags
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float [0, 1] tensor (N, 3, H, W) -> uint8 (N, H, W, 3), truncating like the reference."""
+    arr = images.detach().float().clamp(0, 1).mul(255).permute(0, 2, 3, 1).cpu().numpy()
+    return arr.astype(np.uint8)

@@ -1,0 +1,193 @@
+"""What every sampling pipeline shares: runtime choices, loading, the sampler loop, VAE decode.
+
+The image, video and 4D pipelines differ in how they build conditioning and what they write;
+the rest (device/dtype, strict loading with progress, preset -> sigmas/guider/denoiser, the
+sampler with a progress bar and CPU-seeded noise, chunked decoding, moving stages on and off
+the GPU in --low-vram mode) lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gm import device as dev
+from gm.console import console
+from gm.diffusion import guiders, samplers, schedules
+from gm.diffusion.denoiser import Cond, Denoiser, make_denoiser, unet_network
+from gm.errors import UsageError
+from gm.models.build import Engine, load_engine
+from gm.presets import GuiderSpec, Preset, SamplerSpec
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in which precision a pipeline runs (decided once, from CLI + preset)."""
+
+    device: torch.device
+    dtype: torch.dtype  # UNet and text/image encoders
+    vae_dtype: torch.dtype
+    low_vram: bool = False
+    compile: bool = False
+
+    @property
+    def home(self) -> torch.device:
+        """Where idle stages wait: the CPU in low-VRAM mode, else the compute device."""
+        return torch.device("cpu") if self.low_vram else self.device
+
+
+def runtime_for(preset: Preset, device: str = "auto", dtype: str | None = None,
+                low_vram: bool | None = None, compile: bool | None = None) -> Runtime:
+    target = dev.pick_device(device)
+    dev.apply_speed_settings(target)
+    vae = preset.perf.vae_dtype
+    return Runtime(
+        device=target,
+        dtype=dev.pick_dtype(dtype or preset.perf.dtype, target),
+        vae_dtype=dev.pick_dtype(vae, target, gpu_default="fp32") if vae != "auto" else torch.float32,
+        low_vram=preset.perf.low_vram if low_vram is None else low_vram,
+        compile=preset.perf.compile if compile is None else compile,
+    )
+
+
+def load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None = None,
+         unsafe_pickle: bool = False) -> Engine:
+    """Build on meta and strictly load the preset's checkpoint onto the runtime's home device."""
+    with console.task(f"load {preset.name}", total=1):
+        engine = load_engine(preset, checkpoint, device=runtime.home, dtype=runtime.dtype,
+                             vae_dtype=runtime.vae_dtype, unsafe_pickle=unsafe_pickle)
+    if runtime.compile:
+        engine.model.diffusion_model = torch.compile(engine.model.diffusion_model, dynamic=False)
+    return engine
+
+
+@contextmanager
+def on_device(module: nn.Module | None, runtime: Runtime) -> Iterator[None]:
+    """Run a stage on the compute device; in low-VRAM mode move it back afterwards."""
+    if module is None or not runtime.low_vram:
+        yield
+        return
+    module.to(runtime.device)
+    try:
+        yield
+    finally:
+        module.to("cpu")
+        dev.empty_cache(runtime.device)
+
+
+def sigmas_for(spec: SamplerSpec, steps: int | None = None) -> torch.Tensor:
+    """The descending schedule (trailing 0) of a sampler table."""
+    n = spec.steps if steps is None else steps
+    if n < 1:
+        raise UsageError(f"steps must be at least 1, got {n}", "e.g. --steps 30")
+    if spec.discretization == "edm":
+        return schedules.edm_sigmas(n, spec.sigma_min, spec.sigma_max, spec.rho)
+    if n > 1000:
+        raise UsageError(f"the DDPM schedule has 1000 steps at most, got {n}", "use --steps 1000 or fewer")
+    return schedules.legacy_ddpm_sigmas(n)
+
+
+def guider_for(spec: GuiderSpec, frames: int = 1, scale: float | None = None):
+    """A guider object from the preset table (`scale` overrides the maximum, e.g. --cfg)."""
+    top = spec.scale if scale is None else scale
+    keys = tuple(spec.additional_keys)
+    if spec.kind == "identity":
+        return guiders.IdentityGuider()
+    if spec.kind == "vanilla":
+        return guiders.VanillaCFG(scale=top, additional_cond_keys=keys)
+    if spec.kind == "spatiotemporal":
+        return guiders.SpatiotemporalPredictionGuider(max_scale=top, num_frames=frames, num_views=spec.num_views,
+                                                      min_scale=spec.min_scale, additional_cond_keys=keys)
+    cls = guiders.GUIDERS[spec.kind]
+    return cls(max_scale=top, num_frames=frames, min_scale=spec.min_scale, additional_cond_keys=keys)
+
+
+def denoiser_for(engine: Engine, preset: Preset, runtime: Runtime) -> Denoiser:
+    spec = preset.denoiser
+    return make_denoiser(unet_network(engine.network), spec.scaling, spec.kind == "discrete",
+                         sigma_data=spec.sigma_data, device=runtime.device, dtype=runtime.dtype)
+
+
+def sampler_options(spec: SamplerSpec) -> dict[str, float]:
+    """The preset's settings that the chosen sampler takes (s_churn for euler, eta for euler_a...)."""
+    values = {"s_churn": spec.s_churn, "s_tmin": spec.s_tmin, "s_tmax": spec.s_tmax,
+              "s_noise": spec.s_noise, "eta": spec.eta, "order": spec.order}
+    return {k: v for k, v in values.items() if k in samplers.sampler_options(spec.name)}
+
+
+def run_sampler(
+    spec: SamplerSpec,
+    denoise: samplers.Denoise,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    generator: torch.Generator,
+    label: str = "sample",
+    name: str | None = None,
+) -> torch.Tensor:
+    """Sample from unit `noise` along `sigmas` with a progress bar; ancestral/churn noise from
+    the CPU `generator` (so a seed gives the same result on every device)."""
+    steps = len(sigmas) - 1
+    if steps == 0:
+        return noise.float()
+    noise_fn = samplers.make_noise_fn(generator, tuple(noise.shape), noise.device, torch.float32)
+    with console.task(label, total=steps, unit="step") as bar:
+        return samplers.sample(name or spec.name, denoise, noise, sigmas, noise_fn=noise_fn,
+                               callback=lambda i, x, d: bar.advance(), **sampler_options(spec))
+
+
+def guided_denoise(denoiser: Denoiser, guider, cond: Cond, uc: Cond | None) -> samplers.Denoise:
+    """`denoise(x, sigma)` for the samplers; CFG with scale 1 skips the uncond pass."""
+    if isinstance(guider, guiders.VanillaCFG) and guider.scale == 1.0:
+        guider, uc = guiders.IdentityGuider(), None
+    return guiders.guided(denoiser, guider, cond, uc)
+
+
+def noise_like(shape: tuple[int, ...], generator: torch.Generator, runtime: Runtime) -> torch.Tensor:
+    return dev.randn(shape, generator, runtime.device)
+
+
+def decode(engine: Engine, z: torch.Tensor, runtime: Runtime, chunk: int = 0, label: str = "decode",
+           **decode_args: int) -> torch.Tensor:
+    """Latents (N, 4, h, w) -> images in [0, 1] (N, 3, H, W) float32, `chunk` frames per VAE call
+    (0 = all at once). Extra `decode_args` go to the autoencoder (e.g. num_frames for video)."""
+    vae = engine.vae
+    assert vae is not None, "this preset has no autoencoder"
+    z = z / engine.scale_factor
+    n = z.shape[0]
+    size = n if chunk <= 0 else chunk
+    out = []
+    with on_device(vae, runtime), console.task(label, total=n, unit="frame") as bar, torch.inference_mode():
+        for start in range(0, n, size):
+            part = z[start:start + size].to(runtime.device, runtime.vae_dtype)
+            args = {k: (min(v, part.shape[0]) if k == "num_frames" else v) for k, v in decode_args.items()}
+            images = vae.decode(part, **args).float()
+            out.append(((images + 1.0) / 2.0).clamp(0, 1).cpu())
+            bar.advance(part.shape[0])
+    return torch.cat(out)
+
+
+def encode(engine: Engine, images: torch.Tensor, runtime: Runtime, generator: torch.Generator | None,
+           chunk: int = 0) -> torch.Tensor:
+    """Images in [-1, 1] (N, 3, H, W) -> scaled latents; samples the posterior like the reference's
+    AutoencoderKL (with noise from `generator`), or takes its mode when `generator` is None."""
+    vae = engine.vae
+    assert vae is not None, "this preset has no autoencoder"
+    n = images.shape[0]
+    size = n if chunk <= 0 else chunk
+    out = []
+    with on_device(vae, runtime), torch.inference_mode():
+        for start in range(0, n, size):
+            part = images[start:start + size].to(runtime.device, runtime.vae_dtype)
+            mean, logvar = vae.encode(part)
+            if generator is None:
+                z = mean
+            else:
+                eps = dev.randn(tuple(mean.shape), generator, runtime.device)
+                z = mean.float() + torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0)) * eps
+            out.append(z.float() * engine.scale_factor)
+    return torch.cat(out)

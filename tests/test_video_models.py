@@ -141,3 +141,14 @@ def test_release_svd_first_stage_matches_manifest(name: str) -> None:
     with torch.device("meta"):
         vae = VideoAutoencoder(from_dict(VideoVAEConfig, params, name))
     assert_matches(vae, manifest_subset(name, "first_stage_model."))
+
+
+def test_video_unet_bf16_weights_run_close(video_unet: tuple) -> None:
+    unet, _, io = video_unet
+    low = VideoUNet(unet.cfg).eval().to(torch.bfloat16)
+    low.load_state_dict(unet.state_dict())
+    with torch.no_grad():
+        out = low(io["x"], io["timesteps"], io["context"], io["y"], num_video_frames=int(io["num_video_frames"]),
+                  image_only_indicator=io["image_only_indicator_mixed"])
+    assert out.dtype == torch.float32
+    assert (out - io["output_mixed_indicator"]).abs().max() < 0.1

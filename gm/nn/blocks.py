@@ -28,10 +28,7 @@ class Cond:
 
 
 class CondModule(nn.Module):
-    """A layer whose forward is `forward(x, cond)`."""
-
-    def forward(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    """Marker base class: subclasses implement `forward(x, cond: Cond) -> Tensor`."""
 
 
 class BlockSequence(nn.Sequential):

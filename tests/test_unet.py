@@ -153,3 +153,19 @@ def test_release_unet_matches_manifest(name: str) -> None:
     expected = manifest_subset(name, "model.diffusion_model.")
     assert sorted(set(ours) ^ set(expected)) == []
     assert {k: v for k, v in ours.items() if expected[k] != v} == {}
+
+
+def test_gradient_checkpointing_gives_identical_gradients() -> None:
+    torch.manual_seed(0)
+    params = dict(
+        in_channels=1, out_channels=1, model_channels=32, num_res_blocks=1, attention_resolutions=(2,),
+        channel_mult=(1, 2), num_head_channels=32, num_classes="sequential", adm_in_channels=16, context_dim=8,
+    )
+    plain = UNet(UNetConfig(**params)).train()
+    ckpt = UNet(UNetConfig(**params, use_checkpoint=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    args = (torch.randn(2, 1, 16, 16), torch.tensor([3.0, 500.0]), torch.randn(2, 3, 8), torch.randn(2, 16))
+    for unet in (plain, ckpt):
+        unet(*args).square().mean().backward()
+    for p, q in zip(plain.parameters(), ckpt.parameters()):
+        assert p.grad is not None and torch.allclose(p.grad, q.grad, atol=1e-7)

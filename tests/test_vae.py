@@ -102,3 +102,19 @@ def test_conditioner_encoder_copy_matches_manifest() -> None:
     prefix = "conditioner.embedders.3.encoder."
     expected = {k[len(prefix) :]: list(v) for k, v in tensors.items() if k.startswith(prefix)}
     assert {k: list(v.shape) for k, v in vae.state_dict().items()} == expected
+
+
+@pytest.mark.parametrize(
+    "params, enc_m, dec_m",
+    [
+        # autoencoder/kl-f4/imagenet-attnfree-logvar.yaml: encoder 33.7 M, decoder 44.3 M
+        (dict(ch_mult=[1, 2, 4], num_res_blocks=4, attn_type="none", quant_conv=False), 33.7, 44.3),
+        # autoencoder/kl-f4/imagenet-kl_f8_8chn.yaml: encoder 34.2 M, decoder 49.5 M
+        (dict(z_channels=8, quant_conv=False), 34.2, 49.5),
+    ],
+)
+def test_training_autoencoder_param_counts(params: dict, enc_m: float, dec_m: float) -> None:
+    with torch.device("meta"):
+        vae = Autoencoder(from_dict(VAEConfig, params, "autoencoder"))
+    assert round(sum(p.numel() for p in vae.encoder.parameters()) / 1e6, 1) == enc_m
+    assert round(sum(p.numel() for p in vae.decoder.parameters()) / 1e6, 1) == dec_m

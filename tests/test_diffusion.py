@@ -215,6 +215,15 @@ def test_guider_vectors_verified() -> None:
     assert (float(sv4d2_8v.min()), float(sv4d2_8v.max())) == pytest.approx((1.5, 2.4286), abs=1e-4)
 
 
+def test_triangle_period_from_preset() -> None:
+    # The reference only accepts a float period; an int from the config must work too.
+    int_period = from_dict(TrianglePredictionGuider, {"max_scale": 2.5, "num_frames": 21, "period": 1}, "t")
+    default = TrianglePredictionGuider(max_scale=2.5, num_frames=21)
+    assert torch.equal(int_period.scales(), default.scales())
+    fused = TrianglePredictionGuider(max_scale=2.0, num_frames=5, period=(1.0, 0.5), period_fusing="max")
+    assert fused.scales()[0].tolist() == pytest.approx([1.0, 2.0, 2.0, 2.0, 1.0])
+
+
 def test_trapezoid_plateau_is_max() -> None:
     s = TrapezoidPredictionGuider(max_scale=3.0, num_frames=20, edge_perc=0.1).scales()[0]
     assert s.tolist() == pytest.approx([1.0, 3.0] + [3.0] * 16 + [3.0, 1.0])
@@ -372,6 +381,13 @@ def test_eta0_equals_euler_and_noise_not_mutated() -> None:
     b = sample("euler_a", _gaussian_denoise, noise, sigmas, eta=0.0)
     torch.testing.assert_close(a, b)
     assert torch.equal(noise, before)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_callback_once_per_step(name: str) -> None:
+    steps = []
+    sample(name, _gaussian_denoise, torch.randn(4, 1), edm_sigmas(6), callback=lambda i, x, d: steps.append(i))
+    assert steps == list(range(6))
 
 
 def test_noise_fn_is_device_independent_and_reproducible() -> None:

@@ -131,15 +131,16 @@ class TrianglePredictionGuider(_PerFrameGuider):
     max_scale: float
     num_frames: int
     min_scale: float = 1.0
-    period: tuple[float, ...] = (1.0,)
+    period: float | tuple[float, ...] = 1.0  # one period or several fused (an int works too)
     period_fusing: Literal["mean", "multiply", "max"] = "max"
     additional_cond_keys: tuple[str, ...] = ()
 
     def scales(self) -> torch.Tensor:
         values = torch.linspace(0, 1, self.num_frames)
-        waves = torch.stack([triangle_wave(values, float(p)) for p in self.period])  # (P, T)
+        periods = self.period if isinstance(self.period, tuple) else (self.period,)
+        waves = torch.stack([triangle_wave(values, float(p)) for p in periods])  # (P, T)
         if self.period_fusing == "mean":
-            wave = waves.sum(0) / len(self.period)
+            wave = waves.sum(0) / len(periods)
         elif self.period_fusing == "multiply":
             wave = waves.prod(0)
         else:

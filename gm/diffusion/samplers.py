@@ -82,6 +82,41 @@ def ancestral_step(
     return sigma_down, sigma_up
 
 
+def _edm_loop(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise_fn: NoiseFn | None,
+    callback: Callback | None,
+    churn: tuple[float, float, float, float],
+    heun: bool,
+) -> torch.Tensor:
+    """Karras et al. (2022) Algorithm 2: churn (raise sigma to sigma_hat with fresh noise), an Euler
+    step, and with `heun` the trapezoid correction (skipped on the last step to sigma 0)."""
+    s_churn, s_tmin, s_tmax, s_noise = churn
+    sched = _Schedule(sigmas, x)
+    noise_fn = noise_fn or _default_noise(x)
+    n = len(sched)
+    for i in range(n):
+        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sched.cpu[i]) <= s_tmax else 0.0
+        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
+        sigma_hat = sigma * (gamma + 1.0)
+        if gamma > 0:
+            x = x + noise_fn(i) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        denoised = denoise(x, sched.batched(sigma_hat))
+        d = _to_d(x, sigma_hat, denoised)
+        dt = sigma_next - sigma_hat
+        x_euler = x + dt * d
+        if not heun or sched.is_zero(i + 1):
+            x = x_euler
+        else:
+            d_next = _to_d(x_euler, sigma_next, denoise(x_euler, sched.batched(sigma_next)))
+            x = x + (d + d_next) / 2.0 * dt
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
 @torch.no_grad()
 def sample_euler(
     denoise: Denoise,
@@ -95,22 +130,8 @@ def sample_euler(
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """Karras et al. (2022) Algorithm 2 without the 2nd-order step: churn, then one Euler step."""
-    sched = _Schedule(sigmas, x)
-    noise_fn = noise_fn or _default_noise(x)
-    n = len(sched)
-    for i in range(n):
-        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sched.cpu[i]) <= s_tmax else 0.0
-        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
-        sigma_hat = sigma * (gamma + 1.0)
-        if gamma > 0:
-            x = x + noise_fn(i) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        denoised = denoise(x, sched.batched(sigma_hat))
-        d = _to_d(x, sigma_hat, denoised)
-        x = x + (sigma_next - sigma_hat) * d
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+    """EDM Euler with optional churn: gamma = min(s_churn / N, sqrt(2) - 1) where s_tmin <= sigma <= s_tmax."""
+    return _edm_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), heun=False)
 
 
 @torch.no_grad()
@@ -126,29 +147,8 @@ def sample_heun(
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """Karras et al. (2022) Algorithm 2: Euler, then the trapezoid correction unless sigma_next = 0."""
-    sched = _Schedule(sigmas, x)
-    noise_fn = noise_fn or _default_noise(x)
-    n = len(sched)
-    for i in range(n):
-        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sched.cpu[i]) <= s_tmax else 0.0
-        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
-        sigma_hat = sigma * (gamma + 1.0)
-        if gamma > 0:
-            x = x + noise_fn(i) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        denoised = denoise(x, sched.batched(sigma_hat))
-        d = _to_d(x, sigma_hat, denoised)
-        dt = sigma_next - sigma_hat
-        x_euler = x + dt * d
-        if sched.is_zero(i + 1):
-            x = x_euler  # the last step to sigma 0 stays first-order (saves a network call)
-        else:
-            denoised_next = denoise(x_euler, sched.batched(sigma_next))
-            d_next = _to_d(x_euler, sigma_next, denoised_next)
-            x = x + (d + d_next) / 2.0 * dt
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+    """EDM Heun (2nd order): Euler, then average the slopes at sigma_hat and sigma_next."""
+    return _edm_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), heun=True)
 
 
 @torch.no_grad()
@@ -333,5 +333,5 @@ def sample(
             f"sampler {name!r} has no option {', '.join(unknown)}",
             hint=f"its options are {', '.join(valid) or 'none'}",
         )
-    x = noise.float() * start_scale(sigmas).to(noise.device)
+    x = noise.float() * start_scale(sigmas)  # a CPU 0-dim tensor: no device copy
     return SAMPLERS[name](denoise, x, sigmas, noise_fn=noise_fn, callback=callback, **options)

@@ -322,6 +322,15 @@ def test_vanilla_cfg_scale_one_skips_uncond() -> None:
     assert calls == [3, 3, 6]
 
 
+def test_image_only_indicator_follows_the_batch() -> None:
+    ind = torch.zeros(1, 3)
+    c = {"vector": torch.ones(3, 2), "image_only_indicator": ind, "num_video_frames": 3}
+    x, s = torch.zeros(3, 1), torch.ones(3)
+    assert IdentityGuider().prepare(x, s, c, c)[2]["image_only_indicator"].shape == (1, 3)
+    _, _, doubled = LinearPredictionGuider(max_scale=2.0, num_frames=3).prepare(x, s, c, c)
+    assert doubled["image_only_indicator"].shape == (2, 3) and doubled["num_video_frames"] == 3
+
+
 def test_linear_guider_per_frame_and_additional_keys() -> None:
     guider = LinearPredictionGuider(max_scale=3.0, num_frames=3, additional_cond_keys=("cond_view",))
     c = {"concat": torch.ones(6, 1), "cond_view": torch.ones(6, 1)}

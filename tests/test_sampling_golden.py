@@ -7,7 +7,6 @@ v_edm continuous denoiser, EDM(0.002, 700, 7) 4 steps, linear / triangle per-fra
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -108,8 +107,8 @@ def test_video_sampling_golden(run: str) -> None:
     guider_params = config["sampling"]["guiders"][run.removeprefix("euler_")]["params"]
     guider_cls = LinearPredictionGuider if run == "euler_linear" else TrianglePredictionGuider
     guider = from_dict(guider_cls, guider_params, f"guiders.{run}")
-    # The uncond branch zeroes the image conditionings; the indicator is guided like them, so
-    # one (b, T) row per branch.
+    # The uncond branch zeroes the image conditionings. The fixture's indicator is the reference's
+    # pre-doubled (2b, T); here it is a (b, T) conditioning entry that the guider doubles.
     indicator = io["image_only_indicator"][:1]
     cond = {
         "crossattn": io["c_crossattn"],
@@ -123,7 +122,6 @@ def test_video_sampling_golden(run: str) -> None:
         "crossattn": torch.zeros_like(io["c_crossattn"]),
         "concat": torch.zeros_like(io["c_concat"]),
     }
-    guider = dataclasses.replace(guider, additional_cond_keys=("image_only_indicator",))
     denoiser = make_denoiser(unet_network(unet), "v_edm", discrete=False)
     sigmas = edm_sigmas(config["sampling"]["num_steps"], 0.002, 700.0, 7.0)
     out = sample("euler", guided(denoiser, guider, cond, uc), io["noise"], sigmas)

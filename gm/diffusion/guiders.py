@@ -5,9 +5,11 @@ batched [uc; c] call (`prepare`) and merges the two halves (`combine`):
 
     out = x_u + scale * (x_c - x_u)
 
-uc comes FIRST in the doubled batch. Only "crossattn", "vector", "concat" and the guider's
-`additional_cond_keys` (SV4D: cond_view, cond_motion) are concatenated; any other key (e.g.
-num_video_frames) must be the same in c and uc and is passed once.
+uc comes FIRST in the doubled batch. Only "crossattn", "vector", "concat", the per-video
+"image_only_indicator" (b, T) and the guider's `additional_cond_keys` (SV4D: cond_view,
+cond_motion) are concatenated; any other key (e.g. num_video_frames) must be the same in c and
+uc and is passed once. (The reference passes a pre-doubled (2b, T) indicator outside the
+conditioning; here it is an ordinary (b, T) conditioning entry that doubles with the batch.)
 
 The video guiders use one scale per frame; the batch is (b t) frame-major and `scales()`
 returns the (1, T) table.
@@ -24,9 +26,15 @@ import torch
 from gm.diffusion.denoiser import ROUTED_KEYS, Cond, append_dims
 from gm.errors import UsageError
 
+# Conditioning keys that always follow the batch when it is doubled.
+GUIDED_KEYS = ROUTED_KEYS + ("image_only_indicator",)
+
 
 def _double(x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uc: Cond, keys: tuple[str, ...]):
-    """[uc; c] along the batch for x, sigma and the keys to guide; others passed once."""
+    """[uc; c] along the batch for x, sigma and the keys to guide; others passed once.
+
+    Pass the same object in c and uc for unguided tensors: comparing two different tensors
+    costs a host sync per step."""
     out: dict[str, torch.Tensor | int] = {}
     for key, value in cond.items():
         if key in keys:
@@ -79,7 +87,7 @@ class VanillaCFG:
     def prepare(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uc: Cond):
         if self.skips_uncond:
             return x, sigma, dict(cond)
-        return _double(x, sigma, cond, uc, ROUTED_KEYS + self.additional_cond_keys)
+        return _double(x, sigma, cond, uc, GUIDED_KEYS + self.additional_cond_keys)
 
     def combine(self, out: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.skips_uncond:
@@ -100,7 +108,7 @@ class _PerFrameGuider:
     scales: Callable[[], torch.Tensor]
 
     def prepare(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uc: Cond):
-        return _double(x, sigma, cond, uc, ROUTED_KEYS + self.additional_cond_keys)
+        return _double(x, sigma, cond, uc, GUIDED_KEYS + self.additional_cond_keys)
 
     def combine(self, out: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x_u, x_c = out.chunk(2)

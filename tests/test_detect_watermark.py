@@ -132,6 +132,7 @@ def test_gif_frames(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert record["type"] == "video" and record["frames"] == 4
     assert record["min_bits"] <= record["median_bits"] and record["bits"] == int(record["median_bits"])
+    assert record["bits"] >= 30  # palette quantisation costs bits: measured median 35/48, min 33
     sampled = json.loads(invoke(["--json", "--frames", "2", str(gif)]).stdout)
     assert sampled["frames"] == 2
 
@@ -146,7 +147,8 @@ def test_mp4_frames(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["frames"] == 3 and record["width"] == 320 and record["height"] == 288
-    assert 0 <= record["min_bits"] <= record["median_bits"] <= 48
+    # H.264 yuv420p at imageio quality 8 keeps this mark (measured 48/48 on every frame).
+    assert record["min_bits"] >= 36 and record["verdict"] == "very likely"
     everything = json.loads(invoke(["--json", str(video)]).stdout)
     assert everything["frames"] == 6
     broken = tmp_path / "broken.mp4"

@@ -1,0 +1,145 @@
+"""SV3D_u / SV3D_p: a 21-view orbit around the object in one image.
+
+Mirrors the SV3D branches of `scripts/sampling/simple_video_sample.py` (REFERENCE §2.1-2.2):
+the object view is prepared by gm.pipelines.objects (background removal, centring, white,
+576x576 LANCZOS), cond_aug is 1e-5, the guider is the triangle ramp, and after decoding the
+LAST frame is replaced by the input view itself (the last orbit position is the input's azimuth).
+
+Camera (SV3D_p): polars = deg2rad(90 - elevation) per frame; azimuths default to
+linspace(0, 360, 22)[1:] mod 360 (17.14, 34.29, ..., 342.86, 0) and are fed relative to the last
+entry: deg2rad((a_i - a_last) mod 360). The reference's "sort" of that list is a no-op (§8 item
+12) and is not reproduced.
+
+`run_orbit` is the engine function (also used by the 4D pipeline for its reference views): it
+returns frames as a tensor; `orbit_files` is the command's loop that writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gm.console import console
+from gm.errors import UsageError
+from gm.models.build import Engine
+from gm.pipelines.common import Runtime, load
+from gm.pipelines.img2vid import ClipResult, open_input, preset_record
+from gm.pipelines.objects import Segmenter, prepare_object
+from gm.pipelines.video import VideoRequest, image_tensor, sample_clip
+from gm.pipelines.video_output import OutputSpec, finish_frames, save_clip
+from gm.presets import Preset
+
+
+def default_azimuths(frames: int) -> np.ndarray:
+    """linspace(0, 360, frames + 1)[1:] mod 360: evenly spaced, the last one (0) is the input view."""
+    return np.linspace(0, 360, frames + 1)[1:] % 360
+
+
+def camera(frames: int, elevations_deg: float | Sequence[float],
+           azimuths_deg: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(polars_rad, azimuths_rad), float64, one per frame, exactly as the reference computes them.
+
+    Raises UsageError (exit 2) on a wrong count or a value out of range: elevations in [-90, 90],
+    azimuths in [0, 360).
+    """
+    if isinstance(elevations_deg, (int, float)):
+        elevations = np.full(frames, float(elevations_deg))
+    else:
+        elevations = np.asarray(list(elevations_deg), dtype=np.float64)
+    if elevations.shape != (frames,):
+        raise UsageError(f"--elevations needs {frames} values (one per frame), got {elevations.size}",
+                         "or give one --elevation for the whole orbit")
+    if ((elevations < -90) | (elevations > 90)).any() or not np.isfinite(elevations).all():
+        bad = elevations[~((elevations >= -90) & (elevations <= 90))][0]
+        raise UsageError(f"elevation {bad:g} is outside [-90, 90] degrees")
+    azimuths = default_azimuths(frames) if azimuths_deg is None else np.asarray(list(azimuths_deg), dtype=np.float64)
+    if azimuths.shape != (frames,):
+        raise UsageError(f"--azimuths needs {frames} values (one per frame), got {azimuths.size}",
+                         "the last value is the input view's azimuth")
+    if ((azimuths < 0) | (azimuths >= 360)).any() or not np.isfinite(azimuths).all():
+        bad = azimuths[~((azimuths >= 0) & (azimuths < 360))][0]
+        raise UsageError(f"azimuth {bad:g} is outside [0, 360) degrees")
+    polars = np.deg2rad(90.0 - elevations)
+    relative = np.deg2rad((azimuths - azimuths[-1]) % 360)
+    return polars, relative
+
+
+def uses_camera(preset: Preset) -> bool:
+    """SV3D_p conditions on the camera; SV3D_u does not."""
+    return any(t.get("input") in ("polars_rad", "azimuths_rad") for t in preset.conditioner)
+
+
+def run_orbit(engine: Engine, preset: Preset, runtime: Runtime, view: Image.Image, request: VideoRequest,
+              elevations_deg: float | Sequence[float] | None = None,
+              azimuths_deg: Sequence[float] | None = None) -> torch.Tensor:
+    """A prepared RGB view (model size, object on white) -> orbit frames (T, 3, H, W) in [0, 1],
+    the last one being the view itself. The camera is used only by SV3D_p presets."""
+    t = request.frames
+    image = image_tensor(view)
+    scalars: dict[str, torch.Tensor] = {"cond_aug": torch.tensor(request.cond_aug)}
+    if uses_camera(preset):
+        elevation = preset.defaults.elevation_deg if elevations_deg is None else elevations_deg
+        polars, azimuths = camera(t, elevation, azimuths_deg)
+        scalars["polars_rad"] = torch.from_numpy(polars)
+        scalars["azimuths_rad"] = torch.from_numpy(azimuths)
+    frames = sample_clip(engine, preset, runtime, image, scalars, request)
+    frames[-1] = ((image[0] + 1.0) / 2.0).clamp(0, 1)  # the reference puts the input view back
+    return frames
+
+
+def orbit_files(
+    inputs: Sequence[Path],
+    preset: Preset,
+    runtime: Runtime,
+    request: VideoRequest,
+    output: OutputSpec,
+    elevations_deg: float | Sequence[float] | None = None,
+    azimuths_deg: Sequence[float] | None = None,
+    frame_ratio: float | None = None,
+    remove_bg: bool | None = None,
+    segment: Segmenter | None = None,
+    checkpoint: str | None = None,
+    unsafe_pickle: bool = False,
+    engine: Engine | None = None,
+) -> Iterator[ClipResult]:
+    """`gm orbit`'s loop: validate everything, load once, then per input prepare, orbit, write."""
+    size = preset.defaults.height
+    if preset.defaults.width != size:
+        raise UsageError(f"{preset.name}: orbit presets are square, got {size}x{preset.defaults.width}")
+    camera_on = uses_camera(preset)
+    if camera_on:
+        elevation = preset.defaults.elevation_deg if elevations_deg is None else elevations_deg
+        polars, azimuths = camera(request.frames, elevation, azimuths_deg)  # fail before loading
+    elif elevations_deg is not None or azimuths_deg is not None:
+        console.warn(f"{preset.name} has no camera input: --elevation(s)/--azimuths are ignored (use sv3d-p)")
+    if frame_ratio is not None and not 0.0 < frame_ratio <= 1.0:
+        raise UsageError(f"--image-frame-ratio must be in (0, 1], got {frame_ratio}")
+    images = [(path, open_input(path)) for path in inputs]
+    engine = engine if engine is not None else load(preset, runtime, checkpoint, unsafe_pickle)
+    for index, (path, image) in enumerate(images):
+        view = prepare_object(image, size, frame_ratio, remove_bg, segment)
+        req = dataclasses.replace(request, seed=request.seed + index)
+        frames = run_orbit(engine, preset, runtime, view, req, elevations_deg, azimuths_deg)
+        record = {
+            "command": "orbit",
+            "input": str(path),
+            "preset": preset_record(preset),
+            "seed": req.seed,
+            "steps": req.steps,
+            "frames": req.frames,
+            "cond_aug": req.cond_aug,
+            "decoding_t": req.decoding_t,
+            "fps": output.fps,
+            "image_frame_ratio": frame_ratio,
+        }
+        if camera_on:
+            record["elevations_deg"] = [round(90.0 - float(np.rad2deg(p)), 6) for p in polars]
+            record["azimuths_deg"] = [float(a) for a in (default_azimuths(req.frames) if azimuths_deg is None
+                                                         else azimuths_deg)]
+        clip = save_clip(finish_frames(frames), view, output, record)
+        yield ClipResult(clip, record)

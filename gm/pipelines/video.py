@@ -1,0 +1,215 @@
+"""Image -> video sampling of SVD / SVD-XT (and the shared core that SV3D's orbit runs on).
+
+Mirrors `scripts/sampling/simple_video_sample.py` (REFERENCE §2.2, "Sampling"):
+
+1. values: `cond_frames_without_noise` = the image in [-1, 1]; `cond_frames` = image + cond_aug * eps;
+   the scalars (fps_id, motion_bucket_id, cond_aug; SV3D_p: polars_rad, azimuths_rad) one per frame;
+2. c and uc from the conditioner, uc zeroing both image conditionings;
+3. crossattn (1, 1, D) and concat (1, 4, h, w) repeated over the T frames;
+4. start noise (T, 4, h, w); eps and the start noise come from one CPU generator seeded with
+   `seed`, in that order (the reference draws them from the device RNG, so only CPU runs of the
+   reference give the very same numbers);
+5. EulerEDM on EDM(0.002, 700, 7) with the per-frame guider; image_only_indicator zeros (one
+   (1, T) row per CFG branch) and num_video_frames = T go to the UNet by name;
+6. decode `decoding_t` frames per VAE call; the temporal decoder sees the chunk length as its
+   number of frames.
+
+Engine functions return frames as float tensors (T, 3, H, W) in [0, 1]; writing files is
+gm.pipelines.video_output's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gm import device as dev
+from gm.console import console
+from gm.errors import PresetError, UsageError
+from gm.io.media import to_rgb
+from gm.models.build import Engine
+from gm.pipelines.common import (
+    Runtime,
+    decode,
+    denoiser_for,
+    guided_denoise,
+    guider_for,
+    on_device,
+    run_sampler,
+    sigmas_for,
+)
+from gm.presets import Preset
+
+# Peak bytes per output pixel of one frame in the fp32 VAE decoder at its full-resolution level,
+# estimated, not measured: the last up level holds the 256-channel upsampled input (4 B each),
+# its GroupNorm/SiLU copies and the 128-channel conv outputs plus the temporal ResBlock's own
+# copies, about 10 live tensors of 128 channels => 128 * 4 * 10 = 5120 B/px, i.e. ~3.0 GB per
+# 576x1024 frame. Auto --decoding-t takes as many frames as 90 % of the free memory holds.
+DECODE_BYTES_PER_PIXEL = 5120
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """What to sample for one input (defaults come from the preset, see `request_from_preset`)."""
+
+    frames: int
+    steps: int
+    seed: int
+    cond_aug: float
+    decoding_t: int = 0  # frames per VAE decode call; 0 = automatic
+    fps_id: int = 6
+    motion_bucket_id: int = 127
+
+
+def request_from_preset(preset: Preset, frames: int | None = None, steps: int | None = None,
+                        seed: int | None = None, cond_aug: float | None = None, decoding_t: int | None = None,
+                        fps_id: int | None = None, motion_bucket_id: int | None = None) -> VideoRequest:
+    """Command-line values over the preset's defaults, checked (frames >= 1, steps >= 1, ...)."""
+    d = preset.defaults
+    req = VideoRequest(
+        frames=d.frames if frames is None else frames,
+        steps=preset.sampler.steps if steps is None else steps,
+        seed=d.seed if seed is None else seed,
+        cond_aug=d.cond_aug if cond_aug is None else cond_aug,
+        decoding_t=preset.perf.decoding_t if decoding_t is None else decoding_t,
+        fps_id=d.fps_id if fps_id is None else fps_id,
+        motion_bucket_id=d.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
+    )
+    if req.frames < 1:
+        raise UsageError(f"--frames must be at least 1, got {req.frames}", f"{preset.name} was trained on {d.frames}")
+    if req.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {req.steps}", "e.g. --steps 25")
+    if req.decoding_t < 0:
+        raise UsageError(f"--decoding-t must be 0 (automatic) or more, got {req.decoding_t}")
+    if req.cond_aug < 0:
+        raise UsageError(f"--cond-aug must be >= 0, got {req.cond_aug}", "the reference uses 0.02")
+    if not 0 <= req.seed < 2**64:
+        raise UsageError(f"--seed must be in [0, 2^64), got {req.seed}")
+    return req
+
+
+def size_multiple(preset: Preset) -> int:
+    """Image sides must be multiples of this: VAE factor x the UNet's downsampling (64 for SVD)."""
+    vae_levels = len((preset.vae or {}).get("ch_mult", (1, 2, 4, 4)))
+    unet_levels = len(preset.network.get("channel_mult", (1, 2, 4, 4)))
+    return 2 ** (vae_levels - 1) * 2 ** (unet_levels - 1)
+
+
+def check_size(preset: Preset, height: int, width: int) -> None:
+    m = size_multiple(preset)
+    if height <= 0 or width <= 0 or height % m or width % m:
+        raise UsageError(f"size {height}x{width} is not a multiple of {m}",
+                         f"set --set defaults.height=... / defaults.width=... to multiples of {m}")
+
+
+def fit_image(image: Image.Image, height: int, width: int) -> tuple[Image.Image, bool]:
+    """RGB (alpha composited on white) resized to cover height x width (LANCZOS) and centre-cropped,
+    as the demos do; returns (image, whether it had to change)."""
+    rgb = to_rgb(image)
+    if rgb.size == (width, height):
+        return rgb, False
+    scale = max(width / rgb.width, height / rgb.height)
+    w, h = max(width, round(rgb.width * scale)), max(height, round(rgb.height * scale))
+    resized = rgb.resize((w, h), Image.Resampling.LANCZOS)
+    left, top = (w - width) // 2, (h - height) // 2
+    return resized.crop((left, top, left + width, top + height)), True
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (1, 3, H, W) float32 in [-1, 1] (torchvision ToTensor * 2 - 1)."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    return torch.from_numpy(arr).permute(2, 0, 1)[None] * 2.0 - 1.0
+
+
+def build_batch(engine: Engine, image: torch.Tensor, cond_frames: torch.Tensor,
+                scalars: dict[str, torch.Tensor], frames: int) -> dict[str, torch.Tensor]:
+    """The conditioner's inputs: the two images once, every scalar one value per frame."""
+    assert engine.embedders is not None
+    values: dict[str, torch.Tensor] = {"cond_frames_without_noise": image, "cond_frames": cond_frames}
+    for key, value in scalars.items():
+        v = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+        values[key] = v.repeat(frames) if v.numel() == 1 else v  # (T,)
+    missing = [k for k in engine.embedders.input_keys if k not in values]
+    if missing:
+        raise PresetError(f"this pipeline has no value for conditioner input(s) {', '.join(missing)}",
+                          "an img2vid/orbit preset conditions on images, fps_id, motion_bucket_id, "
+                          "cond_aug and the camera only")
+    return {k: values[k] for k in engine.embedders.input_keys}
+
+
+def conditioning(engine: Engine, runtime: Runtime, batch: dict[str, torch.Tensor],
+                 frames: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(c, uc) with crossattn / concat repeated over the frames, uc zeroing the image inputs."""
+    emb = engine.embedders
+    assert emb is not None
+    on_dev = {k: v.to(runtime.device) for k, v in batch.items()}
+    with on_device(emb, runtime), torch.inference_mode():
+        c = emb(on_dev)
+        uc = emb(on_dev, force_zero=emb.uc_zero_inputs)
+    out = []
+    for branch in (c, uc):
+        branch = {k: v.float() for k, v in branch.items()}
+        for key in ("crossattn", "concat"):
+            if key in branch and branch[key].shape[0] == 1:
+                branch[key] = branch[key].repeat_interleave(frames, dim=0)  # (1, ...) -> (T, ...)
+        out.append(branch)
+    return out[0], out[1]
+
+
+def decode_chunk(engine: Engine, runtime: Runtime, requested: int, frames: int, height: int, width: int) -> int:
+    """--decoding-t, or (0) the largest chunk that fits the free GPU memory (all frames elsewhere)."""
+    if requested > 0:
+        return min(requested, frames)
+    free = dev.free_memory(runtime.device)
+    if free is None:
+        return frames
+    if runtime.low_vram and engine.vae is not None:  # the VAE still has to move in
+        free -= sum(p.numel() * p.element_size() for p in engine.vae.parameters())
+    fit = int(0.9 * free) // (DECODE_BYTES_PER_PIXEL * height * width)
+    chunk = max(1, min(frames, fit))
+    console.log(f"decoding {chunk} frame(s) per VAE call ({free / 2**30:.1f} GiB free; set --decoding-t to choose)")
+    return chunk
+
+
+def sample_clip(engine: Engine, preset: Preset, runtime: Runtime, image: torch.Tensor,
+                scalars: dict[str, torch.Tensor], request: VideoRequest) -> torch.Tensor:
+    """The shared SVD/SV3D run: image (1, 3, H, W) in [-1, 1] -> frames (T, 3, H, W) in [0, 1]."""
+    t = request.frames
+    _, _, height, width = image.shape
+    check_size(preset, height, width)
+    generator = dev.cpu_generator(request.seed)
+    eps = torch.randn(image.shape, generator=generator, dtype=torch.float32)  # (1, 3, H, W)
+    batch = build_batch(engine, image, image + request.cond_aug * eps, scalars, t)
+    c, uc = conditioning(engine, runtime, batch, t)
+    # The indicator is guided like the image conditionings: one zero row per branch.
+    extra = {"image_only_indicator": torch.zeros(1, t, device=runtime.device), "num_video_frames": t}
+    c, uc = {**c, **extra}, {**uc, **extra}
+    spec = dataclasses.replace(preset.guider, additional_keys=(*preset.guider.additional_keys, "image_only_indicator"))
+    guider = guider_for(spec, frames=t)
+    factor = 2 ** (len((preset.vae or {}).get("ch_mult", (1, 2, 4, 4))) - 1)
+    channels = int(preset.network.get("out_channels", 4))
+    noise = torch.randn((t, channels, height // factor, width // factor), generator=generator, dtype=torch.float32)
+    denoiser = denoiser_for(engine, preset, runtime)
+    with on_device(engine.network, runtime), torch.inference_mode():
+        z = run_sampler(preset.sampler, guided_denoise(denoiser, guider, c, uc), noise.to(runtime.device),
+                        sigmas_for(preset.sampler, request.steps), generator)
+    chunk = decode_chunk(engine, runtime, request.decoding_t, t, height, width)
+    temporal = (preset.vae or {}).get("arch") == "video_kl"
+    if temporal:
+        return decode(engine, z, runtime, chunk, num_frames=chunk)
+    return decode(engine, z, runtime, chunk)
+
+
+def animate(engine: Engine, preset: Preset, runtime: Runtime, image: Image.Image,
+            request: VideoRequest) -> torch.Tensor:
+    """SVD: a prepared RGB image at the model size -> frames (T, 3, H, W) in [0, 1]."""
+    scalars = {
+        "fps_id": torch.tensor(float(request.fps_id)),
+        "motion_bucket_id": torch.tensor(float(request.motion_bucket_id)),
+        "cond_aug": torch.tensor(request.cond_aug),
+    }
+    return sample_clip(engine, preset, runtime, image_tensor(image), scalars, request)

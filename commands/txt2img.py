@@ -1,13 +1,104 @@
-"""`gm txt2img`: Generate images from a prompt (SDXL, SD 2.1)."""
+"""`gm txt2img`: images from a prompt with SDXL / SD 2.1 (REFERENCE §3.1-§3.5: api.text_to_image,
+image_to_image, the demo's base -> refiner hand-off)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from commands._common import not_implemented
+from commands._common import (
+    MAIN,
+    SAMPLING,
+    CheckpointOpt,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    LowVramOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    ShowPresetOpt,
+    UnsafePickleOpt,
+    run,
+)
+from commands._image import CfgOpt, CountOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare, runtime
+
+HELP = """Generate images from a prompt (SDXL base 0.9/1.0, SD 2.1 512/768).
+
+SDXL micro-conditioning: original size = target size = (height, width), crop (0, 0).
+With --refiner the base stops early at a noisy latent and the refiner finishes the last
+--refiner-strength of the same schedule (the reference demo's hand-off). Paths of the written
+PNGs go to stdout, so `gm txt2img "a fox" | gm refine - --prompt "a fox"` works.
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("txt2img", help="Generate images from a prompt (SDXL, SD 2.1).")
-    def command() -> None:
-        not_implemented("txt2img")
+    @app.command("txt2img", help=HELP)
+    def command(
+        prompt: Annotated[str, typer.Argument(help="What to draw (77 CLIP tokens at most; longer is cut, with a warning).")],
+        negative: NegativeOpt = "",
+        preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name or .toml path.",
+                                            rich_help_panel=MAIN)] = "sdxl-base-1.0",
+        width: Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels, a multiple of 8 "
+                                                  "(64 recommended; default: the preset's).", rich_help_panel=MAIN)] = None,
+        height: Annotated[int | None, typer.Option("--height", "-H", help="Height in pixels, a multiple of 8.",
+                                                   rich_help_panel=MAIN)] = None,
+        aspect: Annotated[str | None, typer.Option("--aspect", metavar="W:H", help="Pick the nearest size of the SDXL "
+                                                   "resolution table, e.g. 16:9 -> 1344x768 (scaled for 512/768 models).",
+                                                   rich_help_panel=MAIN)] = None,
+        init_image: Annotated[Path | None, typer.Option("--init-image", help="Start from this image (img2img); its "
+                                                        "size floored to 64 unless --width/--height/--aspect.",
+                                                        rich_help_panel=MAIN)] = None,
+        strength: Annotated[float, typer.Option("--strength", help="img2img: how much of the schedule to run, in "
+                                                "(0, 1]; 1 = from pure noise.", rich_help_panel=MAIN)] = 0.75,
+        steps: StepsOpt = None,
+        sampler: SamplerOpt = None,
+        cfg: CfgOpt = None,
+        seed: SeedOpt = None,
+        num: CountOpt = 1,
+        refiner: Annotated[str | None, typer.Option("--refiner", metavar="PRESET", help="Finish with a refiner, e.g. "
+                                                    "sdxl-refiner-1.0 (same steps/sampler/CFG).",
+                                                    rich_help_panel=SAMPLING)] = None,
+        refiner_strength: Annotated[float, typer.Option("--refiner-strength", help="Share of the schedule the "
+                                                        "refiner runs.", rich_help_panel=SAMPLING)] = 0.15,
+        finish: Annotated[bool, typer.Option("--finish/--no-finish", help="Hand the still-noisy latent to the refiner "
+                                             "(default), or let the base finish and refine the clean latent with "
+                                             "fresh noise.", rich_help_panel=SAMPLING)] = True,
+        refiner_checkpoint: Annotated[str | None, typer.Option("--refiner-checkpoint", metavar="FILE",
+                                                               help="Checkpoint file of the refiner.",
+                                                               rich_help_panel=MAIN)] = None,
+        overrides: SetOpt = None,
+        device: DeviceOpt = "auto",
+        dtype: DtypeOpt = "auto",
+        low_vram: LowVramOpt = False,
+        checkpoint: CheckpointOpt = None,
+        unsafe_pickle: UnsafePickleOpt = False,
+        out: OutOpt = "outputs/txt2img",
+        show_preset: ShowPresetOpt = False,
+        json_mode: JsonOpt = False,
+        quiet: QuietOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        def body() -> None:
+            from gm.pipelines.image import ImageJob, RefinerPlan, txt2img
+
+            chosen = prepare(preset, overrides, show_preset, steps, sampler, cfg)
+            plan = None
+            if refiner is not None:
+                refiner_preset = prepare(refiner, None, False, steps, sampler, cfg)
+                plan = RefinerPlan(refiner_preset, refiner_strength, finish, refiner_checkpoint)
+            job = ImageJob(
+                command="txt2img", prompt=prompt, negative=negative,
+                seed=chosen.defaults.seed if seed is None else seed, count=num, out_dir=Path(out),
+                width=width, height=height, aspect=aspect,
+                init_images=(init_image,) if init_image is not None else (), strength=strength,
+                refiner=plan, checkpoint=checkpoint, unsafe_pickle=unsafe_pickle,
+            )
+            emit(txt2img(chosen, runtime(chosen, device, dtype, low_vram), job))
+
+        run(body, quiet=quiet, debug=debug, json_mode=json_mode)
+

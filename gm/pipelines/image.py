@@ -1,0 +1,290 @@
+"""Text-to-image, image-to-image, the base -> refiner hand-off and Turbo (REFERENCE §3).
+
+Mirrors `sgm/inference/api.py` (`text_to_image`, `image_to_image`), the streamlit demo's img2img
+and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/demo/turbo.py`:
+
+* txt2img: unit noise from a CPU generator seeded with seed + k (image k of -n N), scaled by
+  sqrt(1 + sigma_0^2) inside the sampler; CFG runs as one [uc; c] batch.
+* img2img (--init-image, gm refine): VAE encode with a posterior *sample* (as AutoencoderKL does),
+  schedule pruned by `img2img_sigmas(strength)`, start z + sigma_0 * eps (§3.4).
+* refiner hand-off (§3.5): the base stops at the non-zero sigma_asc[p] of `txt2noisy_sigmas`; the
+  refiner continues from exactly that sigma with `img2img_sigmas` and no fresh noise. Both use the
+  same N so the two schedules meet. `finish=False`: the base runs to 0 and the refiner SDEdits the
+  clean latent with fresh noise.
+* turbo: `turbo_sigmas(n)`, ancestral Euler, no guidance (uc = c, one batch). The demo draws noise
+  from numpy's RandomState; gm uses the same CPU torch generator as everywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from gm import device as dev
+from gm import presets
+from gm.checkpoint import find_checkpoint
+from gm.console import console
+from gm.diffusion import guiders
+from gm.diffusion.schedules import img2img_sigmas, start_scale, turbo_sigmas, txt2noisy_sigmas
+from gm.errors import UsageError
+from gm.io.files import ensure_dir
+from gm.models.build import Engine
+from gm.pipelines.common import (
+    Runtime,
+    decode,
+    denoiser_for,
+    encode,
+    guided_denoise,
+    guider_for,
+    load,
+    noise_like,
+    on_device,
+    run_sampler,
+    sigmas_for,
+)
+from gm.pipelines.image_cond import TextCondition, aspect_size, check_size, conditioning, zeroes_uc_text
+from gm.pipelines.image_input import load_image, native_size
+from gm.pipelines.image_output import (
+    ImageResult,
+    a1111_fields,
+    gm_version,
+    parameters_text,
+    save_png,
+    watermark_images,
+)
+from gm.presets import Preset
+
+LATENT_CHANNELS = 4  # every SD / SDXL autoencoder: 4 channels, factor 8
+FACTOR = 8
+
+
+@dataclass(frozen=True)
+class RefinerPlan:
+    """`gm txt2img --refiner`: which refiner, how much of the schedule it runs, and how."""
+
+    preset: Preset
+    strength: float = 0.15
+    finish: bool = True  # hand over the still-noisy latent (demo default); False = SDEdit the clean one
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One invocation of txt2img / refine / turbo, after option parsing."""
+
+    command: Literal["txt2img", "refine", "turbo"]
+    prompt: str
+    negative: str
+    seed: int
+    count: int
+    out_dir: Path
+    width: int | None = None  # None: the preset's (txt2img) or the input image's (img2img)
+    height: int | None = None
+    aspect: str | None = None
+    init_images: tuple[Path, ...] = ()
+    strength: float = 1.0  # img2img; 1.0 = the whole schedule
+    refiner: RefinerPlan | None = None
+    checkpoint: str | None = None
+    unsafe_pickle: bool = False
+    extra: dict[str, object] = field(default_factory=dict)  # recorded as is in the gm JSON chunk
+
+
+def effective_preset(preset: Preset, steps: int | None, sampler: str | None, cfg: float | None) -> Preset:
+    """The preset with the command-line choices written in (that is what outputs record)."""
+    if steps is not None:
+        preset = presets.replace(preset, "sampler", steps=steps)
+    if sampler is not None:
+        preset = presets.replace(preset, "sampler", name=sampler)
+    if cfg is not None:
+        preset = presets.replace(preset, "guider", scale=cfg)
+    return preset
+
+
+def _uses_uc(guider: object) -> bool:
+    return not (isinstance(guider, guiders.IdentityGuider) or (isinstance(guider, guiders.VanillaCFG) and guider.scale == 1.0))
+
+
+def _cfg_label(preset: Preset) -> float:
+    return preset.guider.scale if preset.guider.kind != "identity" else 1.0
+
+
+def _renoise(z: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator, runtime: Runtime) -> torch.Tensor:
+    """Unit-scale start for the sampler so that it begins at z + sigma_0 * eps (§3.4 step 4)."""
+    eps = noise_like(tuple(z.shape), generator, runtime)
+    return (z + sigmas[0].item() * eps) / start_scale(sigmas).item()
+
+
+def check_strength(value: float, option: str) -> None:
+    if not 0.0 < value <= 1.0:
+        raise UsageError(f"{option} must be in (0, 1], got {value}", f"e.g. {option} 0.5")
+
+
+def _check_common(preset: Preset, job: ImageJob) -> None:
+    if job.count < 1:
+        raise UsageError(f"-n must be at least 1, got {job.count}")
+    if job.command == "turbo":
+        turbo_sigmas(preset.sampler.steps)  # 1..4 or a UsageError
+    else:
+        sigmas_for(preset.sampler)  # steps in range or a UsageError
+    ensure_dir(job.out_dir)
+    find_checkpoint(preset, job.checkpoint)
+
+
+def _schedule(preset: Preset, job: ImageJob) -> torch.Tensor:
+    return turbo_sigmas(preset.sampler.steps) if job.command == "turbo" else sigmas_for(preset.sampler)
+
+
+def _sample(preset: Preset, runtime: Runtime, engine: Engine, denoise, start: torch.Tensor, sigmas: torch.Tensor,
+            generator: torch.Generator, label: str) -> torch.Tensor:
+    with on_device(engine.network, runtime), torch.inference_mode():
+        return run_sampler(preset.sampler, denoise, start, sigmas, generator, label=label)
+
+
+def _denoise_for(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCondition):
+    guider = guider_for(preset.guider)
+    cond, uc = conditioning(engine, preset, runtime, spec, _uses_uc(guider))
+    return guided_denoise(denoiser_for(engine, preset, runtime), guider, cond, uc)
+
+
+def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageResult]:
+    """`gm txt2img` / `gm turbo`: N images (seeds seed..seed+N-1), optionally from an init image
+    and through a refiner; yields each written PNG."""
+    if job.command == "turbo":
+        preset = presets.replace(preset, "guider", kind="identity")
+    _check_common(preset, job)
+    init = None
+    if job.init_images:
+        check_strength(job.strength, "--strength")
+        init_w, init_h = native_size(job.init_images[0])
+    if job.aspect is not None:
+        width, height = aspect_size(job.aspect, preset.defaults.width, preset.defaults.height)
+    elif job.width is not None or job.height is not None or not job.init_images:
+        width, height = job.width or preset.defaults.width, job.height or preset.defaults.height
+    else:
+        width, height = init_w, init_h
+    check_size(width, height)
+    refiner = job.refiner
+    if refiner is not None:
+        check_strength(refiner.strength, "--refiner-strength")
+        find_checkpoint(refiner.preset, refiner.checkpoint)
+        # The same N as the base, so that the refiner's schedule starts where the base stopped.
+        synced = presets.replace(refiner.preset, "sampler", steps=preset.sampler.steps)
+        refiner = dataclasses.replace(refiner, preset=synced)
+    negative = job.negative
+    engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
+    if negative and zeroes_uc_text(engine, preset) and job.command != "turbo":
+        console.warn(f"{preset.name} ignores the negative prompt (its unconditional branch zeroes the text embeddings)")
+        negative = ""
+    spec = TextCondition(job.prompt, negative, height, width,
+                         preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
+    denoise = _denoise_for(engine, preset, runtime, spec)
+    full = _schedule(preset, job)
+    if job.init_images:
+        init = load_image(job.init_images[0], width, height)
+        sigmas = img2img_sigmas(full, job.strength)
+    elif refiner is not None and refiner.finish:
+        sigmas = txt2noisy_sigmas(full, refiner.strength, original_steps=len(full) - 1)
+    else:
+        sigmas = full
+    latents: list[torch.Tensor] = []
+    generators: list[torch.Generator] = []
+    for k in range(job.count):
+        generator = dev.cpu_generator(job.seed + k)
+        if init is not None:
+            start = _renoise(encode(engine, init, runtime, generator), sigmas, generator, runtime)
+        else:
+            start = noise_like((1, LATENT_CHANNELS, height // FACTOR, width // FACTOR), generator, runtime)
+        latents.append(_sample(preset, runtime, engine, denoise, start, sigmas, generator,
+                               f"sample {k + 1}/{job.count}"))
+        generators.append(generator)
+    fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))
+    record: dict[str, object] = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative,
+                                 "width": width, "height": height, "preset": preset.to_dict(), **job.extra}
+    if job.negative != negative:
+        record["negative_prompt_ignored"] = job.negative
+    if init is not None:
+        fields["Denoising strength"] = job.strength
+        record.update(init_image=str(job.init_images[0]), strength=job.strength)
+    if refiner is not None:
+        del denoise, engine  # free the base before the refiner is loaded
+        dev.empty_cache(runtime.device)
+        engine, latents = refine_latents(refiner, runtime, job, latents, generators, spec, sigmas)
+        fields["Refiner"] = refiner.preset.name
+        fields["Refiner switch at"] = round((len(sigmas) - 1) / max(len(full) - 1, 1), 4)
+        record["refiner"] = {"preset": refiner.preset.to_dict(), "strength": refiner.strength,
+                             "finish": refiner.finish}
+    yield from write_images(engine, runtime, job, latents, fields, record)
+
+
+def refine_latents(refiner: RefinerPlan, runtime: Runtime, job: ImageJob, latents: list[torch.Tensor],
+                   generators: list[torch.Generator], base: TextCondition,
+                   base_sigmas: torch.Tensor) -> tuple[Engine, list[torch.Tensor]]:
+    """Second stage of §3.5 on each base latent; returns the refiner engine (its VAE decodes)."""
+    r = refiner.preset
+    engine = load(r, runtime, refiner.checkpoint, job.unsafe_pickle)
+    # The refiner sees the prompt, size (h, w), crop (0, 0) and aesthetic 6.0 / 2.5; the demo passes
+    # it the negative prompt only when the base used it (i.e. not for an SDXL base).
+    spec = TextCondition(job.prompt, base.negative, base.height, base.width,
+                         r.defaults.aesthetic_score, r.defaults.negative_aesthetic_score)
+    denoise = _denoise_for(engine, r, runtime, spec)
+    sigmas = img2img_sigmas(sigmas_for(r.sampler), refiner.strength)
+    if refiner.finish and float(sigmas[0]) != float(base_sigmas[-1]):
+        raise UsageError(f"refiner schedule starts at sigma {float(sigmas[0]):.4f} but the base stopped at "
+                         f"{float(base_sigmas[-1]):.4f}", "give both presets the same step count")
+    out = []
+    for k, (x, generator) in enumerate(zip(latents, generators, strict=True)):
+        if refiner.finish:
+            start = x / start_scale(sigmas).item()  # no fresh noise: the latent is already at sigma_0
+        else:
+            start = _renoise(x, sigmas, generator, runtime)
+        out.append(_sample(r, runtime, engine, denoise, start, sigmas, generator, f"refine {k + 1}/{len(latents)}"))
+    return engine, out
+
+
+def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageResult]:
+    """`gm refine`: img2img of existing images (each at its own size floored to 64, seed + i)."""
+    _check_common(preset, job)
+    check_strength(job.strength, "--strength")
+    sizes = [native_size(p) for p in job.init_images]  # reads every input first: bad files fail early
+    engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
+    sigmas = img2img_sigmas(sigmas_for(preset.sampler), job.strength)
+    denoisers: dict[tuple[int, int], object] = {}
+    for i, (path, (width, height)) in enumerate(zip(job.init_images, sizes, strict=True)):
+        if (width, height) not in denoisers:
+            spec = TextCondition(job.prompt, job.negative, height, width,
+                                 preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
+            denoisers[(width, height)] = _denoise_for(engine, preset, runtime, spec)
+        generator = dev.cpu_generator(job.seed + i)
+        start = _renoise(encode(engine, load_image(path, width, height), runtime, generator), sigmas, generator,
+                         runtime)
+        latent = _sample(preset, runtime, engine, denoisers[(width, height)], start, sigmas, generator,
+                         f"refine {i + 1}/{len(job.init_images)}")
+        fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset))
+        fields["Denoising strength"] = job.strength
+        record = {"command": job.command, "prompt": job.prompt, "negative_prompt": job.negative, "width": width,
+                  "height": height, "init_image": str(path), "strength": job.strength,
+                  "preset": preset.to_dict(), **job.extra}
+        yield from write_images(engine, runtime, job, [latent], fields, record, first_seed=job.seed + i)
+
+
+def write_images(engine: Engine, runtime: Runtime, job: ImageJob, latents: list[torch.Tensor],
+                 fields: dict[str, object], record: dict[str, object], first_seed: int | None = None
+                 ) -> Iterator[ImageResult]:
+    """Decode in chunks, watermark, write numbered PNGs with metadata; image k has seed first_seed + k."""
+    seed0 = job.seed if first_seed is None else first_seed
+    h, w = latents[0].shape[-2] * FACTOR, latents[0].shape[-1] * FACTOR
+    chunk = max(1, (4 * 512 * 512) // (h * w))  # one 1024^2 SDXL image per fp32 VAE call
+    for start in range(0, len(latents), chunk):
+        images = decode(engine, torch.cat(latents[start:start + chunk]), runtime, chunk=chunk)
+        images, marked = watermark_images(images)
+        for j, image in enumerate(images):
+            seed = seed0 + start + j
+            text = parameters_text(job.prompt, str(record.get("negative_prompt", "")), {**fields, "Seed": seed})
+            meta = {**record, "seed": seed, "watermark": marked, "gm_version": gm_version(), "parameters": text}
+            path = save_png(job.out_dir, image, text, meta)
+            yield ImageResult(path, seed, job.prompt)

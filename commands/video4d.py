@@ -1,13 +1,129 @@
-"""`gm video4d`: Novel-view videos of a moving object from one video (SV4D, SV4D 2.0)."""
+"""`gm video4d`: novel-view videos of a moving object from one video (SV4D, SV4D 2.0;
+scripts/sampling/simple_video_sample_4d.py and simple_video_sample_4d2.py)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from commands._common import not_implemented
+from commands._common import (
+    MAIN,
+    OUTPUT,
+    PERF,
+    SAMPLING,
+    CheckpointOpt,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    LowVramOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    ShowPresetOpt,
+    load_preset,
+    run,
+)
+from commands.orbit import parse_list
+
+HELP = """Make novel-view videos of the object in a video (SV4D 2.0 4-view or 8-view, SV4D).
+
+INPUT is a .gif/.mp4, a folder of .png/.jpg frames or a quoted glob pattern; its first --frames
+frames are used. The object is centred on a square white canvas (--image-frame-ratio). SV4D first
+renders reference views of frame 0 with SV3D (--sv3d-preset). Writes NNNNNN_process_input.mp4,
+one NNNNNN_vNNN.mp4 per novel view, NNNNNN_grid.mp4 (SV4D also _t000 and _diag) at 10 fps; the
+paths go to stdout.
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("video4d", help="Novel-view videos of a moving object from one video (SV4D, SV4D 2.0).")
-    def command() -> None:
-        not_implemented("video4d")
+    @app.command("video4d", help=HELP, short_help="Novel-view videos of a moving object from one video (SV4D, SV4D 2.0).")
+    def command(
+        source: Annotated[str, typer.Argument(metavar="INPUT", help="Video, frame folder or quoted pattern.",
+                                              show_default=False)],
+        preset: Annotated[str, typer.Option("--preset", "-p", help="sv4d2, sv4d2-8views, sv4d, or a .toml path.",
+                                            rich_help_panel=MAIN)] = "sv4d2",
+        checkpoint: CheckpointOpt = None,
+        sv3d_preset: Annotated[str, typer.Option("--sv3d-preset", help="SV4D only: sv3d-u or sv3d-p for the "
+                                                 "reference views.", rich_help_panel=MAIN)] = "sv3d-u",
+        sv3d_checkpoint: Annotated[str | None, typer.Option("--sv3d-checkpoint", metavar="FILE",
+                                   help="SV4D only: the SV3D checkpoint file.", rich_help_panel=MAIN)] = None,
+        frames: Annotated[int | None, typer.Option("--frames", help="Input/output frames (SV4D: 21).",
+                                                   rich_help_panel=SAMPLING)] = None,
+        img_size: Annotated[int | None, typer.Option("--img-size", help="Square size, a multiple of 64 "
+                                                     "(default 576; 512 saves memory).", rich_help_panel=SAMPLING)] = None,
+        elevation: Annotated[float | None, typer.Option("--elevation", metavar="DEG", help="One elevation for "
+                             "every view (SV4D: absolute, default 10; SV4D 2.0: relative to the input, default 0).",
+                             rich_help_panel=SAMPLING)] = None,
+        elevations: Annotated[str | None, typer.Option("--elevations", metavar="DEG,...", help="SV4D: 21 orbit "
+                              "elevations; SV4D 2.0: V+1 (input view first).", rich_help_panel=SAMPLING)] = None,
+        azimuths: Annotated[str | None, typer.Option("--azimuths", metavar="DEG,...", help="SV4D: 21 orbit "
+                            "azimuths (last = input); SV4D 2.0: V+1 (input view first).",
+                            rich_help_panel=SAMPLING)] = None,
+        image_frame_ratio: Annotated[float | None, typer.Option("--image-frame-ratio", help="Fraction of the "
+                                     "frame the object fills (default: the preset's).", rich_help_panel=SAMPLING)] = None,
+        remove_bg: Annotated[bool, typer.Option("--remove-bg", help="Remove the background of frames without "
+                                                "alpha (rembg).", rich_help_panel=SAMPLING)] = False,
+        pad: Annotated[bool, typer.Option("--pad", help="Ping-pong pad a too-short input.",
+                                          rich_help_panel=SAMPLING)] = False,
+        steps: Annotated[int | None, typer.Option("--steps", help="Sampler steps (also SV3D's for SV4D).",
+                                                  rich_help_panel=SAMPLING)] = None,
+        seed: SeedOpt = None,
+        overrides: SetOpt = None,
+        device: DeviceOpt = "auto",
+        dtype: DtypeOpt = "auto",
+        low_vram: LowVramOpt = False,
+        encoding_t: Annotated[int | None, typer.Option("--encoding-t", help="Frames per VAE encode call "
+                              "(0 = all; default 8).", rich_help_panel=PERF)] = None,
+        decoding_t: Annotated[int | None, typer.Option("--decoding-t", help="Frames per VAE decode call "
+                              "(0 = all; default 4).", rich_help_panel=PERF)] = None,
+        out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (default "
+                       "outputs/video4d/<preset>).", rich_help_panel=OUTPUT)] = None,
+        show_preset: ShowPresetOpt = False,
+        as_json: JsonOpt = False,
+        quiet: QuietOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        def body() -> None:
+            from pathlib import Path
+
+            from gm.console import console
+            from gm.errors import UsageError
+            from gm.pipelines.common import runtime_for
+            from gm.pipelines.video4d import Video4DRequest, is_sv4d, video4d
+
+            spec = load_preset(preset, overrides, show_preset)
+            if spec.family != "video4d":
+                raise UsageError(f"preset {spec.name} is a {spec.family} model, not a 4D one", "use sv4d2, sv4d2-8views or sv4d")
+            if elevation is not None and elevations is not None:
+                raise UsageError("give --elevation or --elevations, not both")
+            d = spec.defaults
+            elevation_list = parse_list(elevations, "--elevations")
+            azimuth_list = parse_list(azimuths, "--azimuths")
+            request = Video4DRequest(
+                source=source,
+                frames=d.frames if frames is None else frames,
+                steps=spec.sampler.steps if steps is None else steps,
+                seed=d.seed if seed is None else seed,
+                size=d.height if img_size is None else img_size,
+                frame_ratio=d.image_frame_ratio if image_frame_ratio is None else image_frame_ratio,
+                elevations=tuple(elevation_list) if elevation_list is not None else
+                (d.elevation_deg if elevation is None else elevation),
+                azimuths=None if azimuth_list is None else tuple(azimuth_list),
+                encoding_t=spec.perf.encoding_t if encoding_t is None else encoding_t,
+                decoding_t=spec.perf.decoding_t if decoding_t is None else decoding_t,
+                remove_bg=remove_bg,
+                pad=pad,
+                sv3d_preset=sv3d_preset if is_sv4d(spec) else "",
+            )
+
+            def runtime_of(p):  # noqa: ANN001, ANN202 - a Preset -> Runtime callback
+                return runtime_for(p, device, None if dtype == "auto" else dtype, low_vram or None)
+
+            folder = Path(out) if out else Path("outputs") / "video4d" / spec.name
+            console.log(f"seed {request.seed}")
+            for path in video4d(spec, runtime_of, request, folder, checkpoint, sv3d_checkpoint):
+                console.result(path, seed=request.seed, preset=spec.name)
+
+        run(body, quiet=quiet, debug=debug, json_mode=as_json)

@@ -1,0 +1,279 @@
+"""`gm video4d`: novel-view videos of a moving object with SV4D and SV4D 2.0 (reference
+`scripts/sampling/simple_video_sample_4d.py`, `simple_video_sample_4d2.py`, `sv4d_helpers.py`;
+REFERENCE §2.3-2.6).
+
+The image grid `img[t][v]` (frames x (1 + V), in [-1, 1]) has the input video in view 0.
+* SV4D: SV3D orbit of frame 0 -> reference views at t = 0; an anchor pass samples frames
+  4, 8, 12, 16, 20; dense windows 0-4, 4-8, ... then alternate per sampler step between a
+  backward (descending frames, views of the window's last frame) and a forward conditioning set.
+* SV4D 2.0: autoregressive windows; the first one runs with cond_view zeroed (indicator 0), each
+  later one conditions on the views decoded at its first frame.
+All start noise comes from one CPU generator seeded by --seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gm import device as dev
+from gm.console import console
+from gm.errors import UsageError
+from gm.models.build import Engine
+from gm.pipelines.common import (
+    Runtime,
+    denoiser_for,
+    guided_denoise,
+    guider_for,
+    load,
+    on_device,
+    run_sampler,
+    sigmas_for,
+)
+from gm.pipelines.video4d_camera import (
+    SV4D_SUBSET,
+    roll_orbit,
+    sv4d2_camera,
+    sv4d2_window_starts,
+    sv4d_anchor_frames,
+    sv4d_camera,
+    sv4d_dense_starts,
+)
+from gm.pipelines.video4d_input import preprocess, read_frames, to_tensor
+from gm.pipelines.video4d_output import Writer
+from gm.presets import Preset
+
+Cond = dict[str, torch.Tensor | int]
+
+
+@dataclass(frozen=True)
+class Video4DRequest:
+    """Everything `gm video4d` decides before loading a model."""
+
+    source: str
+    frames: int
+    steps: int
+    seed: int
+    size: int
+    frame_ratio: float
+    elevations: float | tuple[float, ...]
+    azimuths: tuple[float, ...] | None
+    encoding_t: int
+    decoding_t: int
+    remove_bg: bool = False
+    pad: bool = False
+    sv3d_preset: str = "sv3d-u"
+
+
+def is_sv4d(preset: Preset) -> bool:
+    """SV4D (v1) conditions on SV3D reference views; SV4D 2.0 has a camera-embedding UNet."""
+    return not preset.network.get("use_camera_emb", False)
+
+
+def check_request(preset: Preset, request: Video4DRequest) -> tuple[np.ndarray, np.ndarray]:
+    """Validate before any loading; returns the novel views' (polar_rad, azimuth_rad)."""
+    if request.size <= 0 or request.size % 64:
+        raise UsageError(f"--img-size must be a positive multiple of 64, got {request.size}", "e.g. 576 or 512")
+    if request.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {request.steps}")
+    if not 0.0 < request.frame_ratio <= 1.0:
+        raise UsageError(f"--image-frame-ratio must be in (0, 1], got {request.frame_ratio}")
+    window = preset.defaults.window_frames
+    if is_sv4d(preset):
+        if request.frames != 21:
+            raise UsageError(f"{preset.name} makes 21 frames (its windows are fixed), got --frames {request.frames}")
+        return sv4d_camera(request.elevations, request.azimuths)
+    if request.frames < window:
+        raise UsageError(f"--frames must be at least {window} for {preset.name}, got {request.frames}")
+    return sv4d2_camera(preset.defaults.views, request.elevations, request.azimuths)
+
+
+def with_encoding_chunk(preset: Preset, encoding_t: int) -> Preset:
+    """Set every VAE-encoder embedder's frames per call (the scripts' encoding_t; 0 = all)."""
+    tables = tuple(
+        {**t, "en_and_decode_n_samples_a_time": encoding_t or None} if t.get("kind") == "vae_encoder" else t
+        for t in preset.conditioner
+    )
+    return dataclasses.replace(preset, conditioner=tables)
+
+
+def share_identical_encoders(engine: Engine) -> int:
+    """The release files carry three copies of the VAE encoder; if they are equal, keep one
+    (the others' tensors are dropped). Returns how many copies were dropped."""
+    assert engine.embedders is not None
+    encoders = [e for e in engine.embedders.embedders if hasattr(e, "encoder")]
+    first, dropped = encoders[0].encoder, 0
+    reference = first.state_dict()
+    for emb in encoders[1:]:
+        state = emb.encoder.state_dict()
+        if state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in reference):
+            emb.encoder = first
+            dropped += 1
+    return dropped
+
+
+class Sampler4D:
+    """Conditioning and sampling of one loaded SV4D-family engine."""
+
+    def __init__(self, engine: Engine, preset: Preset, runtime: Runtime, request: Video4DRequest,
+                 polars: np.ndarray, azimuths: np.ndarray, generator: torch.Generator) -> None:
+        self.engine, self.preset, self.runtime, self.request = engine, preset, runtime, request
+        self.generator = generator
+        self.t, self.v = preset.defaults.window_frames, preset.defaults.views
+        self.polars = torch.from_numpy(np.tile(polars, self.t))  # (T*V,) t-major
+        self.azimuths = torch.from_numpy(np.tile(azimuths, self.t))
+        self.denoiser = denoiser_for(engine, preset, runtime)
+        spec = dataclasses.replace(preset.guider, additional_keys=(*preset.guider.additional_keys, "image_only_indicator"))
+        self.guider = guider_for(spec, frames=self.t * self.v)
+        self.sigmas = sigmas_for(preset.sampler, request.steps)
+
+    def conditioning(self, motion: torch.Tensor, views: torch.Tensor, cond_mv: bool = True) -> tuple[Cond, Cond]:
+        """motion (T, 3, H, W) and reference views (V, 3, H, W) in [-1, 1] -> (c, uc)."""
+        emb, rt = self.engine.embedders, self.runtime
+        assert emb is not None
+        batch = {
+            "cond_frames_without_noise": motion,
+            "cond_frames": motion.repeat_interleave(self.v, dim=0),  # (T*V, 3, H, W)
+            "polar_rad": self.polars,
+            "azimuth_rad": self.azimuths,
+            "cond_view": views,
+            "cond_motion": motion,
+        }
+        batch = {k: v.to(rt.device) for k, v in batch.items()}
+        zero_view = () if cond_mv else ("cond_view",)  # SV4D 2.0's first window: no views yet
+        with on_device(emb, rt), torch.inference_mode():
+            c = emb(batch, force_zero=zero_view, generator=self.generator)
+            uc = emb(batch, force_zero=(*emb.uc_zero_inputs, *zero_view), generator=self.generator)
+        n = self.t * self.v
+        extra: Cond = {"image_only_indicator": torch.full((1, n), float(cond_mv), device=rt.device),
+                       "num_video_frames": n}
+        return ({**{k: x.float() for k, x in c.items()}, **extra},
+                {**{k: x.float() for k, x in uc.items()}, **extra})
+
+    def noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator, dtype=torch.float32)  # CPU, as the reference
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        return 4, self.request.size // 8, self.request.size // 8
+
+    def sample(self, c: Cond, uc: Cond, label: str) -> torch.Tensor:
+        """One full sampling run of the T*V window from fresh CPU noise -> latents."""
+        x = self.noise((self.t * self.v, *self.latent_shape())).to(self.runtime.device)
+        with on_device(self.engine.network, self.runtime), torch.inference_mode():
+            return run_sampler(self.preset.sampler, guided_denoise(self.denoiser, self.guider, c, uc), x,
+                               self.sigmas, self.generator, label=label)
+
+    def step(self, x: torch.Tensor, k: int, c: Cond, uc: Cond) -> torch.Tensor:
+        """Euler-EDM step k of the schedule (no churn); step 0 first scales by sqrt(1 + sigma_0^2)."""
+        sigma, sigma_next = self.sigmas[k].to(x.device), self.sigmas[k + 1].to(x.device)
+        if k == 0:
+            x = x * torch.sqrt(1.0 + sigma**2)
+        denoised = guided_denoise(self.denoiser, self.guider, c, uc)(x, sigma.expand(x.shape[0]))
+        return x + (sigma_next - sigma) * (x - denoised) / sigma
+
+    def decode(self, z: torch.Tensor, label: str = "decode") -> torch.Tensor:
+        """Latents -> images in [-1, 1] on the CPU."""
+        from gm.pipelines.common import decode
+
+        return decode(self.engine, z, self.runtime, self.request.decoding_t, label=label) * 2.0 - 1.0
+
+
+def sv3d_reference_views(request: Video4DRequest, runtime_of, frame0: torch.Tensor,
+                         checkpoint: str | None) -> torch.Tensor:
+    """SV3D orbit of frame 0, rolled so the input comes first: (21, 3, H, W) in [-1, 1]."""
+    from PIL import Image
+
+    from gm import presets
+    from gm.pipelines.orbit import run_orbit
+    from gm.pipelines.video import request_from_preset
+
+    sv3d = presets.load(request.sv3d_preset)
+    runtime = runtime_of(sv3d)
+    engine = load(sv3d, runtime, checkpoint)
+    orbit_req = request_from_preset(sv3d, frames=21, steps=request.steps, seed=request.seed,
+                                    cond_aug=1e-5, decoding_t=request.decoding_t)
+    arr = ((frame0.permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).byte().numpy()  # (H, W, 3)
+    frames = run_orbit(engine, sv3d, runtime, Image.fromarray(arr), orbit_req,
+                       elevations_deg=request.elevations, azimuths_deg=request.azimuths)
+    del engine
+    frames = frames * 2.0 - 1.0
+    frames[-1] = frame0  # the input itself, not its uint8 copy
+    return torch.from_numpy(roll_orbit(frames.clamp(-1, 1).numpy()))
+
+
+def run_sv4d(s: Sampler4D, img: torch.Tensor, overall) -> None:
+    """Anchor pass, then dense windows with the per-step backward/forward alternation (§2.5)."""
+    t, v = s.t, s.v
+    anchors = sv4d_anchor_frames(img.shape[0], t)
+    c, uc = s.conditioning(img[anchors, 0], img[0, 1:])
+    z = s.sample(c, uc, "anchor")
+    img[anchors, 1:] = s.decode(z, "decode anchor").view(t, v, *img.shape[2:])  # (T, V, 3, H, W)
+    overall.advance()
+    for t0 in sv4d_dense_starts(img.shape[0], t):
+        latents = s.noise((img.shape[0], v + 1, *s.latent_shape()))  # fresh matrix; only the window is used
+        ascending = list(range(t0, t0 + t))
+        descending = ascending[::-1]
+        forward = s.conditioning(img[ascending, 0], img[t0, 1:])
+        backward = s.conditioning(img[descending, 0], img[t0 + t - 1, 1:])
+        order = ascending
+        with on_device(s.engine.network, s.runtime), torch.inference_mode(), \
+                console.task(f"window {t0}-{t0 + t - 1}", total=s.request.steps, unit="step") as bar:
+            for k in range(s.request.steps):
+                order, (c, uc) = (descending, backward) if k % 2 == 0 else (ascending, forward)
+                x = latents[order, 1:].flatten(0, 1).to(s.runtime.device)  # (T*V, 4, h, w)
+                x = s.step(x, k, c, uc)
+                latents[order, 1:] = x.float().cpu().view(t, v, *x.shape[1:])
+                bar.advance()
+        img[order, 1:] = s.decode(latents[order, 1:].flatten(0, 1), "decode window").view(t, v, *img.shape[2:])
+        overall.advance()
+
+
+def run_sv4d2(s: Sampler4D, img: torch.Tensor, overall) -> None:
+    """Autoregressive windows; the first without reference views (§2.6)."""
+    t, v = s.t, s.v
+    for t0 in sv4d2_window_starts(img.shape[0], t, v):
+        frames = list(range(t0, t0 + t))
+        c, uc = s.conditioning(img[frames, 0], img[t0, 1:], cond_mv=t0 != 0)
+        z = s.sample(c, uc, f"window {t0}-{t0 + t - 1}")
+        img[frames, 1:] = s.decode(z, "decode window").view(t, v, *img.shape[2:])
+        overall.advance()
+
+
+def video4d(preset: Preset, runtime_of, request: Video4DRequest, out_dir: Path,
+            checkpoint: str | None = None, sv3d_checkpoint: str | None = None) -> list[Path]:
+    """The whole `gm video4d` run; `runtime_of(preset)` decides device/dtype per model. Returns the
+    written files (process_input, [t000], v001..., [diag], grid)."""
+    polars, azimuths = check_request(preset, request)
+    sv4d = is_sv4d(preset)
+    images = read_frames(request.source, request.frames, pad=request.pad)
+    motion = to_tensor(preprocess(images, request.size, request.frame_ratio, remove_bg=request.remove_bg))
+    writer = Writer(out_dir, preset, request)
+    paths = [writer.video("process_input", motion)]
+    views = preset.defaults.views
+    img = torch.zeros(request.frames, views + 1, *motion.shape[1:])  # (N, 1+V, 3, H, W); SV4D 2.0 starts grey
+    img[:, 0] = motion
+    passes = (1 + len(sv4d_dense_starts(request.frames, preset.defaults.window_frames))) if sv4d else \
+        len(sv4d2_window_starts(request.frames, preset.defaults.window_frames, views))
+    with console.task(f"{preset.name} overall", total=passes + (1 if sv4d else 0), unit="pass") as overall:
+        if sv4d:
+            orbit = sv3d_reference_views(request, runtime_of, motion[0], sv3d_checkpoint)
+            img[0] = orbit[list(SV4D_SUBSET)]
+            paths.append(writer.video("t000", img[0]))
+            overall.advance()
+        runtime = runtime_of(preset)
+        engine = load(with_encoding_chunk(preset, request.encoding_t), runtime, checkpoint)
+        dropped = share_identical_encoders(engine)
+        if dropped:
+            console.log(f"the VAE encoder copies are identical: running one ({dropped} dropped)")
+        sampler = Sampler4D(engine, preset, runtime, request, polars, azimuths, dev.cpu_generator(request.seed))
+        (run_sv4d if sv4d else run_sv4d2)(sampler, img, overall)
+    paths += [writer.video(f"v{v:03d}", img[:, v]) for v in range(1, views + 1)]
+    if sv4d:
+        paths.append(writer.video("diag", writer.diagonal(img)))
+    paths.append(writer.video("grid", writer.grid(img, columns=math.ceil(math.sqrt(views + 1)))))
+    return paths

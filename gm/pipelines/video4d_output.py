@@ -1,0 +1,54 @@
+"""Files of `gm video4d`: `NNNNNN_<tag>.mp4` at 10 fps (the reference's writer), one shared number
+per run, written under a temporary name and never over an existing file; every frame
+watermarked; the run's parameters in the container's `comment` tag.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gm.io.files import ensure_dir, next_number, write_atomic
+from gm.io.media import write_mp4
+from gm.pipelines.video4d_camera import diagonal_views
+from gm.pipelines.video_output import finish_frames
+from gm.presets import Preset
+
+FPS = 10.0
+
+
+class Writer:
+    """Writes the videos of one run under one number."""
+
+    def __init__(self, out_dir: Path, preset: Preset, request: Any) -> None:
+        self.out_dir = ensure_dir(out_dir)
+        self.number = next_number(self.out_dir)
+        data = preset.to_dict()
+        self.record = {"preset": preset.name, "request": asdict(request),
+                       **{k: data[k] for k in ("sampler", "guider") if k in data}}
+
+    def video(self, tag: str, frames: torch.Tensor) -> Path:
+        """frames (N, 3, H, W) in [-1, 1] -> `NNNNNN_<tag>.mp4`."""
+        pixels = finish_frames(((frames.float() + 1.0) / 2.0).clamp(0, 1))
+        comment = json.dumps({**self.record, "file": tag}, sort_keys=True, default=str, separators=(",", ":"))
+        final = self.out_dir / f"{self.number:06d}_{tag}.mp4"
+        return write_atomic(final, lambda tmp: write_mp4(tmp, list(pixels), FPS, {"comment": comment}))
+
+    @staticmethod
+    def diagonal(img: torch.Tensor) -> torch.Tensor:
+        """(N, 1+V, 3, H, W) -> (N, 3, H, W): frame t shows view (t // (N // (1+V))) % (1+V)."""
+        picks = diagonal_views(img.shape[0], img.shape[1])
+        return torch.stack([img[t, v] for t, v in enumerate(picks)])
+
+    @staticmethod
+    def grid(img: torch.Tensor, columns: int) -> torch.Tensor:
+        """(N, 1+V, 3, H, W) -> (N, 3, rows*H, columns*W), views row by row, white padding."""
+        n, views, c, h, w = img.shape
+        rows = -(-views // columns)
+        pad = torch.ones(n, rows * columns - views, c, h, w, dtype=img.dtype)
+        tiles = torch.cat([img, pad], dim=1).view(n, rows, columns, c, h, w)
+        return tiles.permute(0, 3, 1, 4, 2, 5).reshape(n, c, rows * h, columns * w)  # (N, 3, rows*H, cols*W)

@@ -131,7 +131,14 @@ def http_download(url: str, dest: Path, *, md5: str = "", sha256: str = "", size
                 break
             with response, part.open("ab" if start else "wb") as out:  # type: ignore[attr-defined]
                 done = start
-                while block := response.read(CHUNK):  # type: ignore[attr-defined]
+                while True:
+                    try:
+                        block = response.read(CHUNK)  # type: ignore[attr-defined]
+                    except http.client.IncompleteRead as err:  # keep what arrived, resume after it
+                        out.write(err.partial)
+                        raise ConnectionError(f"connection closed after {done + len(err.partial)} bytes") from None
+                    if not block:
+                        break
                     out.write(block)
                     done += len(block)
                     if progress is not None:

@@ -62,6 +62,12 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False, json_m
     except KeyboardInterrupt:
         console.error("interrupted")
         raise typer.Exit(130) from None
+    except BrokenPipeError:  # stdout closed early (`gm ... | head`): stop quietly, like a SIGPIPE
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(141) from None
     except typer.Exit:
         raise
     except Exception as err:  # a bug: say so in one line, the traceback is behind --debug

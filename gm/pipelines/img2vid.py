@@ -10,6 +10,7 @@ input gets its own seed (seed + index) recorded in the file, so any one clip can
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,30 @@ class ClipResult:
     record: dict[str, Any]
 
 
+def _json_safe(value: Any) -> Any:
+    """inf/nan as strings, so the record is strict JSON (s_tmax is inf in the video presets)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def preset_record(preset: Preset) -> dict[str, Any]:
     """The sampling-relevant tables of the effective preset (the architecture is the checkpoint's)."""
     data = preset.to_dict()
-    return {"name": preset.name, **{k: data[k] for k in ("denoiser", "sampler", "guider", "defaults") if k in data}}
+    tables = {k: data[k] for k in ("denoiser", "sampler", "guider", "defaults") if k in data}
+    return {"name": preset.name, "source": preset.source, **_json_safe(tables)}
+
+
+def warn_unusual(request: VideoRequest) -> None:
+    """The reference script's warnings: SVD was trained on fps_id 5..30 and motion_bucket_id <= 255."""
+    if not 5 <= request.fps_id <= 30:
+        console.warn(f"fps-id {request.fps_id} is outside the trained range 5..30; results may be poor")
+    if request.motion_bucket_id > 255:
+        console.warn(f"motion-bucket-id {request.motion_bucket_id} is above the trained range 0..255")
 
 
 def open_input(path: Path) -> Any:
@@ -61,6 +82,7 @@ def run_img2vid(
     """Animate every input (checked before the model loads); yields one result per written clip."""
     height, width = preset.defaults.height, preset.defaults.width
     check_size(preset, height, width)
+    warn_unusual(request)
     images = [(path, open_input(path)) for path in inputs]
     engine = engine if engine is not None else load(preset, runtime, checkpoint, unsafe_pickle)
     for index, (path, image) in enumerate(images):

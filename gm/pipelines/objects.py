@@ -36,15 +36,16 @@ THUMBNAIL = 768  # the reference shrinks inputs to this before rembg
 
 
 def rembg_segment(image: Image.Image) -> Image.Image:
-    """rembg with alpha matting, as the reference (`rembg.remove(image, alpha_matting=True)`)."""
+    """rembg with alpha matting and its u2net model, as the reference (rembg's default in 2024;
+    newer rembg releases default to another model, so the session is named explicitly)."""
     try:
-        from rembg import remove
+        from rembg import new_session, remove
 
-        out = remove(image.convert("RGBA"), alpha_matting=True)
+        out = remove(image.convert("RGBA"), alpha_matting=True, session=new_session("u2net"))
     except (OSError, RuntimeError, ValueError) as err:  # model download / onnxruntime failures
         raise GmError(
             f"background removal failed: {err.__class__.__name__}: {err}",
-            "rembg downloads its u2net model on first use (needs the network once); "
+            "run `gm download rembg-u2net` once (or let rembg fetch it), "
             "or pass an RGBA image with --no-remove-bg",
         ) from None
     assert isinstance(out, Image.Image)

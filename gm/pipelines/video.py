@@ -48,8 +48,11 @@ from gm.presets import Preset
 # estimated, not measured: the last up level holds the 256-channel upsampled input (4 B each),
 # its GroupNorm/SiLU copies and the 128-channel conv outputs plus the temporal ResBlock's own
 # copies, about 10 live tensors of 128 channels => 128 * 4 * 10 = 5120 B/px, i.e. ~3.0 GB per
-# 576x1024 frame. Auto --decoding-t takes as many frames as 90 % of the free memory holds.
+# 576x1024 frame. Auto --decoding-t takes as many frames as 90 % of the free memory holds, but
+# no more than DECODE_BUDGET: SVD-XT then stays near its ~12 GB sampling peak by default instead
+# of growing to whatever the card has (the reference's 14-frame chunks OOM on 40 GB cards).
 DECODE_BYTES_PER_PIXEL = 5120
+DECODE_BUDGET = 8 * 2**30
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,8 @@ def conditioning(engine: Engine, runtime: Runtime, batch: dict[str, torch.Tensor
 
 
 def decode_chunk(engine: Engine, runtime: Runtime, requested: int, frames: int, height: int, width: int) -> int:
-    """--decoding-t, or (0) the largest chunk that fits the free GPU memory (all frames elsewhere)."""
+    """--decoding-t, or (0) the largest chunk that fits the free GPU memory and DECODE_BUDGET
+    (all frames at once off the GPU)."""
     if requested > 0:
         return min(requested, frames)
     free = dev.free_memory(runtime.device)
@@ -169,7 +173,7 @@ def decode_chunk(engine: Engine, runtime: Runtime, requested: int, frames: int, 
         return frames
     if runtime.low_vram and engine.vae is not None:  # the VAE still has to move in
         free -= sum(p.numel() * p.element_size() for p in engine.vae.parameters())
-    fit = int(0.9 * free) // (DECODE_BYTES_PER_PIXEL * height * width)
+    fit = min(int(0.9 * free), DECODE_BUDGET) // (DECODE_BYTES_PER_PIXEL * height * width)
     chunk = max(1, min(frames, fit))
     console.log(f"decoding {chunk} frame(s) per VAE call ({free / 2**30:.1f} GiB free; set --decoding-t to choose)")
     return chunk

@@ -87,10 +87,12 @@ def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float, metadata: di
         writer.close()
 
 
-def write_gif(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
+def write_gif(path: Path, frames: Sequence[np.ndarray], fps: float, comment: str | None = None) -> None:
+    """An endlessly looping gif; `comment` (e.g. the generation parameters) goes in its comment block."""
     images = [Image.fromarray(f) for f in frames]
+    extra = {"comment": comment.encode()} if comment else {}
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=int(round(1000 / fps)), loop=0)
+                   duration=int(round(1000 / fps)), loop=0, **extra)
 
 
 def probe_video(path: Path) -> dict:

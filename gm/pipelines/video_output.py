@@ -84,7 +84,7 @@ def save_clip(frames: np.ndarray, input_image: Image.Image, spec: OutputSpec, re
             if spec.format == "frames":
                 clip = _write_frames_dir(out / stem, frames, record)
             elif spec.format == "gif":
-                clip = write_atomic(out / f"{stem}.gif", lambda p: write_gif(p, list(frames), spec.fps))
+                clip = write_atomic(out / f"{stem}.gif", lambda p: write_gif(p, list(frames), spec.fps, comment))
             else:
                 clip = write_atomic(out / f"{stem}.mp4", lambda p, t=tags: write_mp4(p, list(frames), spec.fps, t))
         except FileExistsError:

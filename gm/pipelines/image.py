@@ -275,16 +275,13 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRes
 def write_images(engine: Engine, runtime: Runtime, job: ImageJob, latents: list[torch.Tensor],
                  fields: dict[str, object], record: dict[str, object], first_seed: int | None = None
                  ) -> Iterator[ImageResult]:
-    """Decode in chunks, watermark, write numbered PNGs with metadata; image k has seed first_seed + k."""
+    """Decode, watermark, write numbered PNGs with metadata; image k has seed first_seed + k."""
     seed0 = job.seed if first_seed is None else first_seed
-    h, w = latents[0].shape[-2] * FACTOR, latents[0].shape[-1] * FACTOR
-    chunk = max(1, (4 * 512 * 512) // (h * w))  # one 1024^2 SDXL image per fp32 VAE call
-    for start in range(0, len(latents), chunk):
-        images = decode(engine, torch.cat(latents[start:start + chunk]), runtime, chunk=chunk)
-        images, marked = watermark_images(images)
-        for j, image in enumerate(images):
-            seed = seed0 + start + j
-            text = parameters_text(job.prompt, str(record.get("negative_prompt", "")), {**fields, "Seed": seed})
-            meta = {**record, "seed": seed, "watermark": marked, "gm_version": gm_version(), "parameters": text}
-            path = save_png(job.out_dir, image, text, meta)
-            yield ImageResult(path, seed, job.prompt)
+    # One image per VAE call: a batched convolution may round differently, and image k must come
+    # out bit-identical when re-made alone from its recorded seed (it also bounds fp32 VAE memory).
+    for k, latent in enumerate(latents):
+        (image,), marked = watermark_images(decode(engine, latent, runtime, chunk=1))
+        seed = seed0 + k
+        text = parameters_text(job.prompt, str(record.get("negative_prompt", "")), {**fields, "Seed": seed})
+        meta = {**record, "seed": seed, "watermark": marked, "gm_version": gm_version(), "parameters": text}
+        yield ImageResult(save_png(job.out_dir, image, text, meta), seed, job.prompt)

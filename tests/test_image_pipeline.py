@@ -1,0 +1,242 @@
+"""End to end on CPU: `gm txt2img`, `gm refine`, `gm turbo`, `gm txt2img --refiner` with tiny presets and
+tiny random checkpoints -> PNGs whose metadata round-trips, whose watermark reads back, whose seeds
+reproduce, and whose schedules are the reference's (§3.4-§3.6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from commands.app import app
+from gm import presets
+from gm.diffusion.schedules import img2img_sigmas, legacy_ddpm_sigmas, turbo_sigmas, txt2noisy_sigmas
+from gm.io import watermark
+from gm.io.media import read_png_text
+from gm.pipelines import image as image_pipeline
+from tests.tiny import make_checkpoint
+
+PRESETS = Path(__file__).resolve().parent / "presets"
+BASE = str(PRESETS / "tiny-sdxl-base.toml")
+REFINER = str(PRESETS / "tiny-sdxl-refiner.toml")
+TURBO = str(PRESETS / "tiny-sdxl-turbo.toml")
+SD21 = str(PRESETS / "tiny-sd21.toml")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions are ~50x slower with 2 threads on a busy 2-core machine (thread hand-off)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("checkpoints")
+    for path in (BASE, REFINER, TURBO, SD21):
+        make_checkpoint(presets.load(path), folder)
+    return folder
+
+
+@pytest.fixture
+def gm(checkpoints: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GM_CHECKPOINTS", str(checkpoints))
+
+    def invoke(*args: str, stdin: str | None = None):
+        return CliRunner().invoke(app, list(args), input=stdin)
+
+    return invoke
+
+
+@pytest.fixture
+def sampler_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Record every run_sampler call of the image pipeline (label, sigmas, start noise, result)."""
+    calls: list[dict] = []
+    original = image_pipeline.run_sampler
+
+    def recording(spec, denoise, noise, sigmas, generator, label="sample", name=None):
+        out = original(spec, denoise, noise, sigmas, generator, label=label, name=name)
+        calls.append(dict(label=label, sigmas=sigmas.clone(), noise=noise.clone(), out=out.clone(), sampler=spec.name))
+        return out
+
+    monkeypatch.setattr(image_pipeline, "run_sampler", recording)
+    return calls
+
+
+def pixels(path: str | Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def record(path: str | Path) -> tuple[str, dict]:
+    text = read_png_text(Path(path))
+    return text["parameters"], json.loads(text["gm"])
+
+
+def test_txt2img_writes_watermarked_pngs_with_metadata(gm, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = gm("txt2img", "a red fox", "-p", BASE, "--steps", "2", "--seed", "7", "-n", "2", "-W", "256", "-H", "256",
+           "-o", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [line["seed"] for line in lines] == [7, 8]
+    assert [Path(line["path"]).name for line in lines] == ["000000.png", "000001.png"]
+    assert all(line["prompt"] == "a red fox" for line in lines)
+    for k, line in enumerate(lines):
+        params, gm_json = record(line["path"])
+        assert params == (f"a red fox\nSteps: 2, Sampler: DPM++ 2M, CFG scale: 6.0, Seed: {7 + k}, Size: 256x256, "
+                          "Model: tiny-sdxl-base")
+        assert gm_json["command"] == "txt2img" and gm_json["seed"] == 7 + k and gm_json["prompt"] == "a red fox"
+        expected = presets.replace(presets.load(BASE), "sampler", steps=2).to_dict()
+        assert gm_json["preset"] == json.loads(json.dumps(expected))
+        assert gm_json["watermark"] is True
+        assert pixels(line["path"]).shape == (256, 256, 3)
+        assert watermark.detect(pixels(line["path"])).bits >= 36
+    # Numbered names continue, nothing is overwritten.
+    r = gm("txt2img", "a red fox", "-p", BASE, "--steps", "1", "-o", str(out))
+    assert r.exit_code == 0 and Path(r.stdout.strip()).name == "000002.png"
+
+
+def test_seeds_reproduce_and_image_k_uses_seed_plus_k(gm, tmp_path: Path) -> None:
+    args = ("txt2img", "a cat", "-p", SD21, "--steps", "2", "--quiet")
+    a = gm(*args, "--seed", "5", "-n", "2", "-o", str(tmp_path / "a")).stdout.split()
+    b = gm(*args, "--seed", "5", "-o", str(tmp_path / "b")).stdout.split()
+    c = gm(*args, "--seed", "6", "-o", str(tmp_path / "c")).stdout.split()
+    assert np.array_equal(pixels(a[0]), pixels(b[0]))
+    assert np.array_equal(pixels(a[1]), pixels(c[0]))
+    assert not np.array_equal(pixels(a[0]), pixels(a[1]))
+
+
+def test_too_small_for_watermark_warns(gm, tmp_path: Path) -> None:
+    r = gm("txt2img", "a cat", "-p", SD21, "--steps", "1", "-o", str(tmp_path))
+    assert r.exit_code == 0
+    assert "too small for the invisible watermark" in r.stderr
+    assert record(r.stdout.strip())[1]["watermark"] is False
+
+
+def test_sd21_uses_the_negative_prompt(gm, tmp_path: Path) -> None:
+    args = ("txt2img", "a cat", "-p", SD21, "--steps", "2", "--seed", "1")
+    plain = gm(*args, "-o", str(tmp_path / "a"))
+    negative = gm(*args, "--negative", "ugly", "-o", str(tmp_path / "b"))
+    assert negative.exit_code == 0 and "ignores the negative" not in negative.stderr
+    params, gm_json = record(negative.stdout.strip())
+    assert params.splitlines()[1] == "Negative prompt: ugly" and gm_json["negative_prompt"] == "ugly"
+    assert not np.array_equal(pixels(plain.stdout.strip()), pixels(negative.stdout.strip()))
+
+
+def test_sdxl_base_ignores_the_negative_prompt(gm, tmp_path: Path) -> None:
+    args = ("txt2img", "a cat", "-p", BASE, "--steps", "2", "--seed", "1")
+    plain = gm(*args, "-o", str(tmp_path / "a"))
+    negative = gm(*args, "--negative", "ugly", "-o", str(tmp_path / "b"))
+    assert "ignores the negative prompt" in negative.stderr
+    assert np.array_equal(pixels(plain.stdout.strip()), pixels(negative.stdout.strip()))
+    params, gm_json = record(negative.stdout.strip())
+    assert "Negative prompt" not in params and gm_json["negative_prompt_ignored"] == "ugly"
+
+
+def test_refiner_hand_off_uses_the_exact_sigma_and_no_new_noise(gm, tmp_path: Path, sampler_calls: list) -> None:
+    r = gm("txt2img", "a fox", "-p", BASE, "--refiner", REFINER, "--steps", "50", "-o", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    base, refine = sampler_calls
+    full = legacy_ddpm_sigmas(50)
+    assert torch.equal(base["sigmas"], txt2noisy_sigmas(full, 0.15, 50))
+    assert len(base["sigmas"]) - 1 == 44 and float(base["sigmas"][-1]) == pytest.approx(0.3866, abs=1e-4)
+    assert torch.equal(refine["sigmas"], img2img_sigmas(full, 0.15))
+    assert len(refine["sigmas"]) - 1 == 6 and float(refine["sigmas"][0]) == float(base["sigmas"][-1])
+    # No fresh noise: the refiner's unit start times sqrt(1 + sigma_0^2) is the base's noisy latent.
+    scale = float(torch.sqrt(1 + refine["sigmas"][0] ** 2))
+    torch.testing.assert_close(refine["noise"] * scale, base["out"], rtol=1e-6, atol=1e-6)
+    params, gm_json = record(r.stdout.strip())
+    assert "Refiner: tiny-sdxl-refiner" in params
+    assert gm_json["refiner"]["strength"] == 0.15 and gm_json["refiner"]["finish"] is True
+
+
+def test_refiner_no_finish_refines_the_clean_latent(gm, tmp_path: Path, sampler_calls: list) -> None:
+    r = gm("txt2img", "a fox", "-p", BASE, "--refiner", REFINER, "--steps", "6", "--refiner-strength", "0.3",
+           "--no-finish", "-o", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    base, refine = sampler_calls
+    full = legacy_ddpm_sigmas(6)
+    assert torch.equal(base["sigmas"], full) and float(base["sigmas"][-1]) == 0.0
+    assert torch.equal(refine["sigmas"], img2img_sigmas(full, 0.3))
+    scale = float(torch.sqrt(1 + refine["sigmas"][0] ** 2))
+    assert len(refine["sigmas"]) == 2  # floor(0.3 * 7) = 2 values: 1 step
+    assert not torch.allclose(refine["noise"] * scale, base["out"], atol=1e-3)  # fresh noise was added
+
+
+def test_img2img_strength_and_size(gm, tmp_path: Path, sampler_calls: list) -> None:
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (136, 200, 3), dtype=np.uint8)).save(init)
+    r = gm("txt2img", "a fox", "-p", BASE, "--init-image", str(init), "--strength", "0.5", "--steps", "10",
+           "-o", str(tmp_path / "out"))
+    assert r.exit_code == 0, r.output
+    (call,) = sampler_calls
+    assert torch.equal(call["sigmas"], img2img_sigmas(legacy_ddpm_sigmas(10), 0.5))
+    assert len(call["sigmas"]) - 1 == 4
+    assert pixels(r.stdout.strip()).shape == (128, 192, 3)  # floored to multiples of 64
+    params, gm_json = record(r.stdout.strip())
+    assert "Denoising strength: 0.5" in params and gm_json["init_image"] == str(init)
+
+
+def test_refine_reads_paths_from_stdin(gm, tmp_path: Path, sampler_calls: list) -> None:
+    first = gm("txt2img", "a fox", "-p", BASE, "--steps", "2", "-n", "2", "-o", str(tmp_path / "base"))
+    assert first.exit_code == 0
+    r = gm("refine", "-", "-p", REFINER, "--prompt", "a fox", "--steps", "10", "--seed", "3",
+           "-o", str(tmp_path / "refined"), stdin=first.stdout)
+    assert r.exit_code == 0, r.output
+    outputs = r.stdout.split()
+    assert len(outputs) == 2
+    refine_calls = sampler_calls[2:]
+    assert all(torch.equal(c["sigmas"], img2img_sigmas(legacy_ddpm_sigmas(10), 0.3)) for c in refine_calls)
+    for k, (source, path) in enumerate(zip(first.stdout.split(), outputs, strict=True)):
+        params, gm_json = record(path)
+        assert gm_json["command"] == "refine" and gm_json["init_image"] == source and gm_json["seed"] == 3 + k
+        assert "Denoising strength: 0.3" in params and "Model: tiny-sdxl-refiner" in params
+
+
+def test_turbo_runs_the_sub_schedule_without_guidance(gm, tmp_path: Path, sampler_calls: list,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    uc_asked: list[bool] = []
+    original = image_pipeline.conditioning
+
+    def spy(engine, preset, runtime, spec, need_uc):
+        uc_asked.append(need_uc)
+        return original(engine, preset, runtime, spec, need_uc)
+
+    monkeypatch.setattr(image_pipeline, "conditioning", spy)
+    r = gm("turbo", "a cat", "-p", TURBO, "--steps", "2", "--seed", "4", "-W", "256", "-H", "256", "-o", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    (call,) = sampler_calls
+    assert torch.equal(call["sigmas"], turbo_sigmas(2)) and call["sampler"] == "euler_a"
+    assert uc_asked == [False]
+    params, gm_json = record(r.stdout.strip())
+    assert params == "a cat\nSteps: 2, Sampler: Euler a, CFG scale: 1.0, Seed: 4, Size: 256x256, Model: tiny-sdxl-turbo"
+    assert gm_json["command"] == "turbo" and gm_json["preset"]["guider"]["kind"] == "identity"
+    assert watermark.detect(pixels(r.stdout.strip())).bits >= 36
+
+
+def test_long_prompt_warns_with_the_dropped_count(gm, tmp_path: Path) -> None:
+    prompt = " ".join(["fox"] * 80)  # 80 tokens, 75 fit
+    r = gm("txt2img", prompt, "-p", SD21, "--steps", "1", "-o", str(tmp_path))
+    assert r.exit_code == 0 and "the last 5 token(s) are dropped" in r.stderr
+
+
+def test_ldm_layout_checkpoint_loads(gm, tmp_path: Path, checkpoints: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(checkpoints / "tiny-sd21.safetensors"))
+    ldm = {k.replace("conditioner.embedders.0.model.", "cond_stage_model.model."): v for k, v in state.items()}
+    ldm["betas"] = torch.zeros(1000)
+    path = tmp_path / "ldm.safetensors"
+    save_file(ldm, str(path))
+    args = ("txt2img", "a cat", "-p", SD21, "--steps", "2", "--seed", "1")
+    a = gm(*args, "-o", str(tmp_path / "a"))
+    b = gm(*args, "--checkpoint", str(path), "-o", str(tmp_path / "b"))
+    assert b.exit_code == 0, b.output
+    assert np.array_equal(pixels(a.stdout.strip()), pixels(b.stdout.strip()))

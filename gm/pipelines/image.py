@@ -47,7 +47,14 @@ from gm.pipelines.common import (
     run_sampler,
     sigmas_for,
 )
-from gm.pipelines.image_cond import TextCondition, aspect_size, check_size, conditioning, zeroes_uc_text
+from gm.pipelines.image_cond import (
+    TextCondition,
+    aspect_size,
+    check_size,
+    conditioning,
+    size_grid,
+    zeroes_uc_text,
+)
 from gm.pipelines.image_input import load_image, native_size
 from gm.pipelines.image_output import (
     ImageResult,
@@ -164,10 +171,11 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
     if job.aspect is not None:
         width, height = aspect_size(job.aspect, preset.defaults.width, preset.defaults.height)
     elif job.width is not None or job.height is not None or not job.init_images:
-        width, height = job.width or preset.defaults.width, job.height or preset.defaults.height
+        width = preset.defaults.width if job.width is None else job.width
+        height = preset.defaults.height if job.height is None else job.height
     else:
         width, height = init_w, init_h
-    check_size(width, height)
+    check_size(width, height, size_grid(preset))
     refiner = job.refiner
     if refiner is not None:
         check_strength(refiner.strength, "--refiner-strength")

@@ -61,11 +61,21 @@ def aspect_size(text: str, default_width: int, default_height: int) -> tuple[int
     return max(64, round(w * scale / 64) * 64), max(64, round(h * scale / 64) * 64)
 
 
-def check_size(width: int, height: int) -> None:
-    """Sizes are positive multiples of 8 (the VAE factor); off the 64 grid only draws a warning."""
+def size_grid(preset: Preset) -> int:
+    """Pixels must be multiples of this: the VAE factor 8 times the UNet's 2^(levels-1) downsampling
+    (SDXL base 32, SD 2.1 and the refiner 64); other sizes cannot pass the skip connections."""
+    levels = len(preset.network.get("channel_mult", (1, 2, 4, 8)))
+    return 8 * 2 ** (levels - 1)
+
+
+def check_size(width: int, height: int, grid: int = 8) -> None:
+    """Sizes are positive multiples of `grid` (see size_grid); off the 64 grid only draws a warning."""
     for name, value in (("width", width), ("height", height)):
         if value < 8 or value % 8:
-            raise UsageError(f"--{name} {value} is not a positive multiple of 8", f"e.g. --{name} {max(8, value // 64 * 64 or 64)}")
+            raise UsageError(f"--{name} {value} is not a positive multiple of 8", f"e.g. --{name} {max(64, value // 64 * 64)}")
+        if value % grid:
+            raise UsageError(f"--{name} {value} is not a multiple of {grid}, which this model's UNet needs",
+                             f"e.g. --{name} {max(grid, value // grid * grid)}")
     if width % 64 or height % 64:
         console.warn(f"{width}x{height} is not a multiple of 64; the models were trained on a 64-pixel grid")
 

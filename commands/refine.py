@@ -26,13 +26,13 @@ from commands._common import (
 )
 from commands._image import CfgOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare, runtime
 
-HELP = """Refine existing images (img2img) with the SDXL refiner or another image preset.
-
-Each image is encoded by the VAE (posterior sample), noised to the start of the last --strength
-of the schedule and denoised again, at its own size floored to multiples of 64. The refiner is
-conditioned on size = (height, width), crop (0, 0) and aesthetic score 6.0 (uc 2.5). IMAGE may be
-files, folders, or - to read paths from stdin: `gm txt2img "a fox" | gm refine - --prompt "a fox"`.
-"""
+HELP = (
+    "Refine existing images (img2img) with the SDXL refiner or another image preset.\n\n"
+    "Each image is encoded by the VAE (posterior sample), noised to the start of the last --strength of "
+    "the schedule and denoised again, at its own size floored to multiples of 64. The refiner is "
+    "conditioned on size = (height, width), crop (0, 0) and aesthetic score 6.0 (uc 2.5). IMAGE may be "
+    "files, folders, or - to read paths from stdin: `gm txt2img \"a fox\" | gm refine - --prompt \"a fox\"`."
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -26,11 +26,11 @@ from commands._common import (
 )
 from commands._image import CountOpt, emit, prepare, runtime
 
-HELP = """Generate images in 1-4 steps with SDXL-Turbo or SD-Turbo (512x512).
-
-Ancestral Euler on the sub-schedule sigma(t = 999, 899, 799, 699)[:steps] -> 0, no guidance
-(uc = c, one batch), so there is no negative prompt or CFG scale.
-"""
+HELP = (
+    "Generate images in 1-4 steps with SDXL-Turbo or SD-Turbo (512x512).\n\n"
+    "Ancestral Euler on the sub-schedule sigma(t = 999, 899, 799, 699)[:steps] -> 0, no guidance (uc = c, "
+    "one batch), so there is no negative prompt or CFG scale."
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,13 +27,13 @@ from commands._common import (
 )
 from commands._image import CfgOpt, CountOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare, runtime
 
-HELP = """Generate images from a prompt (SDXL base 0.9/1.0, SD 2.1 512/768).
-
-SDXL micro-conditioning: original size = target size = (height, width), crop (0, 0).
-With --refiner the base stops early at a noisy latent and the refiner finishes the last
---refiner-strength of the same schedule (the reference demo's hand-off). Paths of the written
-PNGs go to stdout, so `gm txt2img "a fox" | gm refine - --prompt "a fox"` works.
-"""
+HELP = (
+    "Generate images from a prompt (SDXL base 0.9/1.0, SD 2.1 512/768).\n\n"
+    "SDXL micro-conditioning: original size = target size = (height, width), crop (0, 0). With --refiner "
+    "the base stops early at a noisy latent and the refiner finishes the last --refiner-strength of the "
+    "same schedule (the reference demo's hand-off). Paths of the written PNGs go to stdout, so `gm "
+    "txt2img \"a fox\" | gm refine - --prompt \"a fox\"` works."
+)
 
 
 def register(app: typer.Typer) -> None:

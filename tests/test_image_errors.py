@@ -95,6 +95,7 @@ def test_checkpoint_of_another_model_is_a_strict_error(gm, checkpoints: Path, tm
     (("--aspect", "wide"), "not a ratio"),
     (("-n", "0"), "-n must be at least 1"),
     (("--refiner", SD21, "--refiner-strength", "1.5"), "--refiner-strength must be in (0, 1]"),
+    (("--refiner", SD21, "--init-image", __file__), "needs --no-finish"),
 ])
 def test_usage_errors_exit_2(gm, tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
     fails(gm("txt2img", "a fox", "-p", SD21, *args, "-o", str(tmp_path / "o")), 2, needle)

@@ -111,6 +111,8 @@ def test_seeds_reproduce_and_image_k_uses_seed_plus_k(gm, tmp_path: Path) -> Non
     assert np.array_equal(pixels(a[0]), pixels(b[0]))
     assert np.array_equal(pixels(a[1]), pixels(c[0]))
     assert not np.array_equal(pixels(a[0]), pixels(a[1]))
+    low = gm(*args, "--seed", "5", "--low-vram", "--device", "cpu", "-o", str(tmp_path / "d")).stdout.split()
+    assert np.array_equal(pixels(a[0]), pixels(low[0]))
 
 
 def test_too_small_for_watermark_warns(gm, tmp_path: Path) -> None:

@@ -36,7 +36,6 @@ from gm.io.files import ensure_dir
 from gm.models.build import Engine
 from gm.pipelines.common import (
     Runtime,
-    decode,
     denoiser_for,
     encode,
     guided_denoise,
@@ -56,14 +55,7 @@ from gm.pipelines.image_cond import (
     zeroes_uc_text,
 )
 from gm.pipelines.image_input import load_image, native_size
-from gm.pipelines.image_output import (
-    ImageResult,
-    a1111_fields,
-    gm_version,
-    parameters_text,
-    save_png,
-    watermark_images,
-)
+from gm.pipelines.image_output import ImageResult, a1111_fields, write_images
 from gm.presets import Preset
 
 LATENT_CHANNELS = 4  # every SD / SDXL autoencoder: 4 channels, factor 8
@@ -142,6 +134,14 @@ def _check_common(preset: Preset, job: ImageJob) -> None:
     find_checkpoint(preset, job.checkpoint)
 
 
+def _negative_for(engine: Engine, preset: Preset, job: ImageJob) -> str:
+    """The negative prompt actually encoded: none where uc zeroes the text embeddings (SDXL base)."""
+    if job.negative and job.command != "turbo" and zeroes_uc_text(engine, preset):
+        console.warn(f"{preset.name} ignores the negative prompt (its unconditional branch zeroes the text embeddings)")
+        return ""
+    return job.negative
+
+
 def _schedule(preset: Preset, job: ImageJob) -> torch.Tensor:
     return turbo_sigmas(preset.sampler.steps) if job.command == "turbo" else sigmas_for(preset.sampler)
 
@@ -164,6 +164,15 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
     if job.command == "turbo":
         preset = presets.replace(preset, "guider", kind="identity")
     _check_common(preset, job)
+    refiner = job.refiner
+    if refiner is not None:
+        check_strength(refiner.strength, "--refiner-strength")
+        if refiner.finish and job.init_images:
+            raise UsageError("--init-image with --refiner needs --no-finish (img2img runs the base to sigma 0)")
+        find_checkpoint(refiner.preset, refiner.checkpoint)
+        # The same N as the base, so that the refiner's schedule starts where the base stopped.
+        synced = presets.replace(refiner.preset, "sampler", steps=preset.sampler.steps)
+        refiner = dataclasses.replace(refiner, preset=synced)
     init = None
     if job.init_images:
         check_strength(job.strength, "--strength")
@@ -176,18 +185,10 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
     else:
         width, height = init_w, init_h
     check_size(width, height, size_grid(preset))
-    refiner = job.refiner
     if refiner is not None:
-        check_strength(refiner.strength, "--refiner-strength")
-        find_checkpoint(refiner.preset, refiner.checkpoint)
-        # The same N as the base, so that the refiner's schedule starts where the base stopped.
-        synced = presets.replace(refiner.preset, "sampler", steps=preset.sampler.steps)
-        refiner = dataclasses.replace(refiner, preset=synced)
-    negative = job.negative
+        check_size(width, height, size_grid(refiner.preset))
     engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
-    if negative and zeroes_uc_text(engine, preset) and job.command != "turbo":
-        console.warn(f"{preset.name} ignores the negative prompt (its unconditional branch zeroes the text embeddings)")
-        negative = ""
+    negative = _negative_for(engine, preset, job)
     spec = TextCondition(job.prompt, negative, height, width,
                          preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
     denoise = _denoise_for(engine, preset, runtime, spec)
@@ -226,7 +227,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
         fields["Refiner switch at"] = round((len(sigmas) - 1) / max(len(full) - 1, 1), 4)
         record["refiner"] = {"preset": refiner.preset.to_dict(), "strength": refiner.strength,
                              "finish": refiner.finish}
-    yield from write_images(engine, runtime, job, latents, fields, record)
+    yield from write_images(engine, runtime, job.out_dir, job.prompt, latents, fields, record, job.seed)
 
 
 def refine_latents(refiner: RefinerPlan, runtime: Runtime, job: ImageJob, latents: list[torch.Tensor],
@@ -260,11 +261,12 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRes
     check_strength(job.strength, "--strength")
     sizes = [native_size(p) for p in job.init_images]  # reads every input first: bad files fail early
     engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
+    negative = _negative_for(engine, preset, job)
     sigmas = img2img_sigmas(sigmas_for(preset.sampler), job.strength)
     denoisers: dict[tuple[int, int], object] = {}
     for i, (path, (width, height)) in enumerate(zip(job.init_images, sizes, strict=True)):
         if (width, height) not in denoisers:
-            spec = TextCondition(job.prompt, job.negative, height, width,
+            spec = TextCondition(job.prompt, negative, height, width,
                                  preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
             denoisers[(width, height)] = _denoise_for(engine, preset, runtime, spec)
         generator = dev.cpu_generator(job.seed + i)
@@ -274,22 +276,7 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRes
                          f"refine {i + 1}/{len(job.init_images)}")
         fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset))
         fields["Denoising strength"] = job.strength
-        record = {"command": job.command, "prompt": job.prompt, "negative_prompt": job.negative, "width": width,
+        record = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative, "width": width,
                   "height": height, "init_image": str(path), "strength": job.strength,
                   "preset": preset.to_dict(), **job.extra}
-        yield from write_images(engine, runtime, job, [latent], fields, record, first_seed=job.seed + i)
-
-
-def write_images(engine: Engine, runtime: Runtime, job: ImageJob, latents: list[torch.Tensor],
-                 fields: dict[str, object], record: dict[str, object], first_seed: int | None = None
-                 ) -> Iterator[ImageResult]:
-    """Decode, watermark, write numbered PNGs with metadata; image k has seed first_seed + k."""
-    seed0 = job.seed if first_seed is None else first_seed
-    # One image per VAE call: a batched convolution may round differently, and image k must come
-    # out bit-identical when re-made alone from its recorded seed (it also bounds fp32 VAE memory).
-    for k, latent in enumerate(latents):
-        (image,), marked = watermark_images(decode(engine, latent, runtime, chunk=1))
-        seed = seed0 + k
-        text = parameters_text(job.prompt, str(record.get("negative_prompt", "")), {**fields, "Seed": seed})
-        meta = {**record, "seed": seed, "watermark": marked, "gm_version": gm_version(), "parameters": text}
-        yield ImageResult(save_png(job.out_dir, image, text, meta), seed, job.prompt)
+        yield from write_images(engine, runtime, job.out_dir, job.prompt, [latent], fields, record, job.seed + i)

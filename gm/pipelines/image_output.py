@@ -8,6 +8,7 @@ civitai) and a `gm` JSON chunk with the full effective preset, so a result can b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from gm.console import console
 from gm.io import watermark
 from gm.io.files import write_numbered
 from gm.io.media import png_info, to_uint8, write_png
+from gm.models.build import Engine
+from gm.pipelines.common import Runtime, decode
 from gm.presets import Preset
 
 # gm sampler names -> the labels A1111 writes in its infotext.
@@ -92,3 +95,16 @@ def save_png(out_dir: Path, image: torch.Tensor, parameters: str, record: dict[s
     pixels = to_uint8(image[None])[0]  # (H, W, 3) uint8, truncated like the reference
     info = png_info(parameters, record)
     return write_numbered(out_dir, ".png", lambda tmp: write_png(tmp, pixels, info))
+
+
+def write_images(engine: Engine, runtime: Runtime, out_dir: Path, prompt: str, latents: list[torch.Tensor],
+                 fields: dict[str, Any], record: dict[str, Any], first_seed: int) -> Iterator[ImageResult]:
+    """Decode, watermark, write numbered PNGs with metadata; image k has seed first_seed + k."""
+    # One image per VAE call: a batched convolution may round differently, and image k must come
+    # out bit-identical when re-made alone from its recorded seed (it also bounds fp32 VAE memory).
+    for k, latent in enumerate(latents):
+        (image,), marked = watermark_images(decode(engine, latent, runtime, chunk=1))
+        seed = first_seed + k
+        text = parameters_text(prompt, str(record.get("negative_prompt", "")), {**fields, "Seed": seed})
+        meta = {**record, "seed": seed, "watermark": marked, "gm_version": gm_version(), "parameters": text}
+        yield ImageResult(save_png(out_dir, image, text, meta), seed, prompt)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -90,7 +90,6 @@ class ImageJob:
     refiner: RefinerPlan | None = None
     checkpoint: str | None = None
     unsafe_pickle: bool = False
-    extra: dict[str, object] = field(default_factory=dict)  # recorded as is in the gm JSON chunk
 
 
 def effective_preset(preset: Preset, steps: int | None, sampler: str | None, cfg: float | None) -> Preset:
@@ -213,7 +212,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
         generators.append(generator)
     fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))
     record: dict[str, object] = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative,
-                                 "width": width, "height": height, "preset": preset.to_dict(), **job.extra}
+                                 "width": width, "height": height, "preset": preset.to_dict()}
     if job.negative != negative:
         record["negative_prompt_ignored"] = job.negative
     if init is not None:
@@ -278,5 +277,5 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRes
         fields["Denoising strength"] = job.strength
         record = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative, "width": width,
                   "height": height, "init_image": str(path), "strength": job.strength,
-                  "preset": preset.to_dict(), **job.extra}
+                  "preset": preset.to_dict()}
         yield from write_images(engine, runtime, job.out_dir, job.prompt, [latent], fields, record, job.seed + i)

@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 MANIFESTS = Path(__file__).resolve().parent / "manifests"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Tiny test models run faster on one thread (and 2-core CI machines have no spare core anyway);
+# results are deterministic either way. Subprocesses inherit it through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

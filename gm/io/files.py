@@ -29,6 +29,12 @@ def ensure_dir(out_dir: str | Path) -> Path:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def next_number(out_dir: Path) -> int:
     """One more than the largest leading number of any file in `out_dir` (0 if none)."""
     numbers = [int(m.group(1)) for p in out_dir.iterdir() if (m := _NUMBER.match(p.name))]
@@ -42,6 +48,7 @@ def write_atomic(final: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
         os.link(tmp, final)  # atomic; raises FileExistsError instead of overwriting
     finally:
         tmp.unlink(missing_ok=True)

@@ -126,12 +126,16 @@ def transformers_clip(gm_clip: nn.Module) -> nn.Module:
         hidden_act="quick_gelu",
     )
     state = sfu.convert_ldm_clip_checkpoint(released_state(gm_clip, CLIP_PREFIX))
-    # Small (123 M): built normally so that its non-persistent position_ids buffer is real.
-    peer = CLIPTextModel(config)
-    missing, unexpected = peer.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.endswith("position_ids")]:
-        raise RuntimeError(f"CLIP conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return peer.eval().requires_grad_(False)
+    with torch.device("meta"):
+        peer = CLIPTextModel(config)
+    if not any(k.startswith("text_model.") for k in peer.state_dict()):
+        # transformers 5 dropped the `text_model.` level that 4.x (and the released files) have.
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    for name, buf in list(peer.named_buffers()):  # the one non-persistent buffer: position ids
+        if name.endswith("position_ids"):
+            owner = peer.get_submodule(name.rsplit(".", 1)[0])
+            owner.register_buffer("position_ids", torch.arange(buf.shape[-1])[None], persistent=False)
+    return _assign(peer, state)
 
 
 def sdxl_vector(pooled: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:

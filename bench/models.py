@@ -1,0 +1,65 @@
+"""gm vs diffusers per call: equivalence check, then median time and peak memory of each.
+
+Both models of a case share their weight tensors (bench/peers.py), so one copy of a full-size
+model is resident at a time; gm and the peer are timed one after the other in the same process
+on the same inputs, and the case is freed before the next one is built.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from bench.cases import CASES, Sizes
+from bench.measure import Timing, peak_call, runs_for, time_calls, timing
+from bench.peers import max_abs_diff
+
+
+@dataclass
+class CaseResult:
+    name: str
+    shape: str
+    params_m: float
+    build_s: float
+    gm: Timing
+    peer: Timing | None
+    max_abs_diff: float | None
+    rel_diff: float | None  # max abs diff / max |gm output|
+    skip_reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_case(name: str, sizes: Sizes, dtype: torch.dtype, device: torch.device, budget_s: float,
+             tolerance: float) -> CaseResult:
+    """Build the case, check gm == peer on the first (warm-up, memory) call, then time both."""
+    t0 = time.perf_counter()
+    prep = CASES[name](sizes, dtype, device)
+    build_s = time.perf_counter() - t0
+    ref, gm_first, gm_peak = peak_call(prep.gm, device)
+    ref = ref.float().cpu()
+    diff = rel = None
+    peer_first, peer_peak = 0.0, 0.0
+    if prep.peer is not None:
+        out, peer_first, peer_peak = peak_call(prep.peer, device)
+        diff = max_abs_diff(ref, out.float().cpu())
+        rel = diff / max(float(ref.abs().max()), 1e-12)
+        del out
+        if not rel <= tolerance:
+            raise AssertionError(f"{name}: gm and peer differ (max abs {diff:.3g}, rel {rel:.3g})")
+    runs = runs_for(max(gm_first, peer_first), budget_s)
+    fns = [prep.gm] if prep.peer is None else [prep.gm, prep.peer]
+    times = time_calls(fns, device, runs)
+    gm_t = timing(times[0], gm_peak)
+    peer_t = timing(times[1], peer_peak) if prep.peer is not None else None
+    result = CaseResult(name, prep.shape, prep.params / 1e6, build_s, gm_t, peer_t, diff, rel,
+                        prep.skip_reason)
+    del prep, ref
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result

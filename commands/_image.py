@@ -56,10 +56,10 @@ def prepare(preset_name: str, overrides: list[str] | None, show: bool, steps: in
     return preset
 
 
-def runtime(preset: Any, device: str, dtype: str, low_vram: bool) -> Any:
+def runtime(preset: Any, device: str, dtype: str, low_vram: bool, compile_: bool = False) -> Any:
     from gm.pipelines.common import runtime_for
 
-    return runtime_for(preset, device, None if dtype == "auto" else dtype, low_vram or None)
+    return runtime_for(preset, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)
 
 
 def emit(results: Any) -> int:

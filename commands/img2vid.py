@@ -10,6 +10,7 @@ from commands._common import (
     MAIN,
     SAMPLING,
     CheckpointOpt,
+    CompileOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
@@ -56,6 +57,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         dtype: DtypeOpt = "auto",
         low_vram: LowVramOpt = False,
+        compile_: CompileOpt = False,
         decoding_t: DecodingTOpt = None,
         out: VideoOutOpt = None,
         fmt: FormatOpt = "mp4",
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
                                           decoding_t=decoding_t, fps_id=fps_id, motion_bucket_id=motion_bucket_id)
             output = output_spec("img2vid", spec.name, out, fmt, fps, default_fps=request.fps_id + 1)
             paths = expand_inputs(images, (*IMAGE_SUFFIXES, ".gif"), "image")
-            runtime = runtime_for(spec, device, None if dtype == "auto" else dtype, low_vram or None)
+            runtime = runtime_for(spec, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)
             for result in run_img2vid(paths, spec, runtime, request, output, checkpoint, unsafe_pickle):
                 console.result(result.path, input=result.record["input"], seed=result.record["seed"],
                                frames=result.record["frames"], fps=result.record["fps"])

@@ -10,6 +10,7 @@ from commands._common import (
     MAIN,
     SAMPLING,
     CheckpointOpt,
+    CompileOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         dtype: DtypeOpt = "auto",
         low_vram: LowVramOpt = False,
+        compile_: CompileOpt = False,
         decoding_t: DecodingTOpt = None,
         out: VideoOutOpt = None,
         fmt: FormatOpt = "mp4",
@@ -103,7 +105,7 @@ def register(app: typer.Typer) -> None:
             request = request_from_preset(spec, steps=steps, seed=seed, decoding_t=decoding_t)
             output = output_spec("orbit", spec.name, out, fmt, fps, default_fps=10.0, input_suffix=".png")
             paths = expand_inputs(images, (*IMAGE_SUFFIXES, ".gif"), "image")
-            runtime = runtime_for(spec, device, None if dtype == "auto" else dtype, low_vram or None)
+            runtime = runtime_for(spec, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)
             results = orbit_files(paths, spec, runtime, request, output,
                                   elevations_deg=elevation_list if elevation_list is not None else elevation,
                                   azimuths_deg=azimuth_list, frame_ratio=image_frame_ratio, remove_bg=remove_bg,

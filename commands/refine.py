@@ -11,6 +11,7 @@ import typer
 from commands._common import (
     MAIN,
     CheckpointOpt,
+    CompileOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
@@ -54,6 +55,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         dtype: DtypeOpt = "auto",
         low_vram: LowVramOpt = False,
+        compile_: CompileOpt = False,
         checkpoint: CheckpointOpt = None,
         unsafe_pickle: UnsafePickleOpt = False,
         out: OutOpt = "outputs/refine",
@@ -74,6 +76,6 @@ def register(app: typer.Typer) -> None:
                 seed=chosen.defaults.seed if seed is None else seed, count=1, out_dir=Path(out),
                 init_images=tuple(paths), strength=strength, checkpoint=checkpoint, unsafe_pickle=unsafe_pickle,
             )
-            emit(refine(chosen, runtime(chosen, device, dtype, low_vram), job))
+            emit(refine(chosen, runtime(chosen, device, dtype, low_vram, compile_), job))
 
         run(body, quiet=quiet, debug=debug, json_mode=json_mode)

@@ -11,6 +11,7 @@ from commands._common import (
     MAIN,
     SAMPLING,
     CheckpointOpt,
+    CompileOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
@@ -51,6 +52,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         dtype: DtypeOpt = "auto",
         low_vram: LowVramOpt = False,
+        compile_: CompileOpt = False,
         checkpoint: CheckpointOpt = None,
         unsafe_pickle: UnsafePickleOpt = False,
         out: OutOpt = "outputs/turbo",
@@ -68,6 +70,6 @@ def register(app: typer.Typer) -> None:
                 seed=chosen.defaults.seed if seed is None else seed, count=num, out_dir=Path(out),
                 width=width, height=height, checkpoint=checkpoint, unsafe_pickle=unsafe_pickle,
             )
-            emit(txt2img(chosen, runtime(chosen, device, dtype, low_vram), job))
+            emit(txt2img(chosen, runtime(chosen, device, dtype, low_vram, compile_), job))
 
         run(body, quiet=quiet, debug=debug, json_mode=json_mode)

@@ -12,6 +12,7 @@ from commands._common import (
     MAIN,
     SAMPLING,
     CheckpointOpt,
+    CompileOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         dtype: DtypeOpt = "auto",
         low_vram: LowVramOpt = False,
+        compile_: CompileOpt = False,
         checkpoint: CheckpointOpt = None,
         unsafe_pickle: UnsafePickleOpt = False,
         out: OutOpt = "outputs/txt2img",
@@ -98,7 +100,7 @@ def register(app: typer.Typer) -> None:
                 init_images=(init_image,) if init_image is not None else (), strength=strength,
                 refiner=plan, checkpoint=checkpoint, unsafe_pickle=unsafe_pickle,
             )
-            emit(txt2img(chosen, runtime(chosen, device, dtype, low_vram), job))
+            emit(txt2img(chosen, runtime(chosen, device, dtype, low_vram, compile_), job))
 
         run(body, quiet=quiet, debug=debug, json_mode=json_mode)
 

@@ -13,6 +13,7 @@ from commands._common import (
     PERF,
     SAMPLING,
     CheckpointOpt,
+    CompileOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
@@ -74,6 +75,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         dtype: DtypeOpt = "auto",
         low_vram: LowVramOpt = False,
+        compile_: CompileOpt = False,
         encoding_t: Annotated[int | None, typer.Option("--encoding-t", help="Frames per VAE encode call "
                               "(0 = all; default 8).", rich_help_panel=PERF)] = None,
         decoding_t: Annotated[int | None, typer.Option("--decoding-t", help="Frames per VAE decode call "
@@ -119,7 +121,7 @@ def register(app: typer.Typer) -> None:
             )
 
             def runtime_of(p):  # noqa: ANN001, ANN202 - a Preset -> Runtime callback
-                return runtime_for(p, device, None if dtype == "auto" else dtype, low_vram or None)
+                return runtime_for(p, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)
 
             folder = Path(out) if out else Path("outputs") / "video4d" / spec.name
             console.log(f"seed {request.seed}")

@@ -61,8 +61,10 @@ def load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None = None,
     with console.task(f"load {preset.name}", total=1):
         engine = load_engine(preset, checkpoint, device=runtime.home, dtype=runtime.dtype,
                              vae_dtype=runtime.vae_dtype, unsafe_pickle=unsafe_pickle)
-    if runtime.compile:
+    if runtime.compile:  # static shapes; the first call of each shape compiles
         engine.model.diffusion_model = torch.compile(engine.model.diffusion_model, dynamic=False)
+        if engine.vae is not None:
+            engine.vae.decode = torch.compile(engine.vae.decode, dynamic=False)
     return engine
 
 

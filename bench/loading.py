@@ -2,8 +2,7 @@
 
 A full-size random checkpoint in the released layout is streamed to a temporary folder from a
 manifest (fp16, like the released files). Each way of loading runs in its own Python process,
-which reports its wall time and its peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`, i.e. what the
-parent sees as that child's RUSAGE_CHILDREN peak) before and after loading:
+which reports its wall time, its RSS after imports and its peak RSS (VmHWM; ru_maxrss too):
 * gm:    `load_engine(preset, file, dtype=fp16, vae_dtype=fp16)` (meta build, strict mmap load),
   then one read of every weight (so that lazily mapped pages are really in memory);
 * plain: `build_engine(preset)` with random init in fp16, `safetensors.torch.load_file`,
@@ -25,8 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = {"sdxl-base-1.0": "sdxl-base.json", "sd-2.1": "sd-2.1.json"}
 
 
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _status_mib(field: str) -> float:
+    """VmRSS / VmHWM of this process. (ru_maxrss is not used: Linux carries the forking parent's
+    peak over into the child, which inflates a child's baseline.)"""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
 
 
 def _touch(module) -> float:
@@ -48,7 +50,7 @@ def worker(kind: str, preset_name: str, path: Path) -> dict:
     from gm.models.build import build_engine, load_engine
 
     preset = presets.load(preset_name)
-    base = _maxrss_mib()
+    base = _status_mib("VmRSS")
     t0 = time.perf_counter()
     if kind == "gm":
         engine = load_engine(preset, path, dtype=torch.float16, vae_dtype=torch.float16)
@@ -64,7 +66,8 @@ def worker(kind: str, preset_name: str, path: Path) -> dict:
     load_s = time.perf_counter() - t0
     touch_s = _touch(engine)
     return {"kind": kind, "load_s": load_s, "touch_s": touch_s, "base_rss_mib": base,
-            "peak_rss_mib": _maxrss_mib()}
+            "peak_rss_mib": _status_mib("VmHWM"),
+            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _run_worker(kind: str, preset_name: str, path: Path) -> dict:

@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 tests
 
 demo: $(STAMP)
-	$(BIN)/gm train presets/mnist-cond.toml --demo
+	$(BIN)/gm train digits-demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check gm commands tests

@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/gm train digits-demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check gm commands tests
+	$(BIN)/ruff check gm commands tests bench
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'

@@ -86,10 +86,3 @@ def load_preset(name: str, overrides: list[str] | None, show: bool = False) -> A
         sys.stdout.write(presets.to_toml(preset))
         raise typer.Exit(0)
     return preset
-
-
-def not_implemented(name: str) -> None:
-    from gm.console import console
-
-    console.error(f"`gm {name}` is not implemented yet in this build")
-    raise typer.Exit(2)

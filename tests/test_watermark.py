@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from gm.io import watermark as wm
 
 GOLDEN = Path(__file__).parent / "golden" / "watermark"
-MEDIA = Path("/work/shared/media/test_image.png")
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media" / "test_image.png"
 PHOTO = GOLDEN.parent.parent / "media" / "test_image.png"
 
 

@@ -58,6 +58,11 @@ def register(app: typer.Typer) -> None:
                 raise KeyboardInterrupt
             if result.grid is None:  # a non-zero DDP rank: rank 0 reports
                 return
+            accuracy = result.metrics.get("classifier_accuracy")
+            if accuracy:
+                per_class = ", ".join(f"{k}: {v:.2f}" for k, v in accuracy.items() if k != "mean")
+                console.log(f"sample grid: {result.grid} (one row per class)")
+                console.log(f"classifier accuracy on the samples: mean {accuracy['mean']:.2f} ({per_class})")
             if json_out:
                 console.result(result.run_dir, **result.metrics)
             else:

@@ -236,7 +236,10 @@ def _restore(run_dir: Path, engine: torch.nn.Module, opt: torch.optim.Optimizer,
     if set(model_t) != expected:
         diff = sorted(set(model_t) ^ expected)
         raise checkpoint.CheckpointError(f"{path}: weights do not match the preset (e.g. {diff[:3]})")
-    engine.load_state_dict(model_t, strict=False)
+    for name, child in engine.named_children():  # strict per part; the frozen first stage has its own file
+        if name != "first_stage_model":
+            prefix = f"{name}."
+            child.load_state_dict({k[len(prefix):]: v for k, v in model_t.items() if k.startswith(prefix)})
     checkpoint.load_optimizer(opt, opt_t, state["optimizer"])
     if ema is not None:
         if ema_t is None:

@@ -202,10 +202,12 @@ def train(opts: TrainOptions) -> TrainResult:
                     bar.update(description=f"train {preset.name} loss {last_loss:.4f} lr {lr:.2e} {rate:.0f} img/s")
                     loss_sum.zero_()
                     loss_n, window_start, window_images = 0, now, 0
+                paused = time.perf_counter()  # sampling and saving do not count in images/s
                 if (cfg.sample_every and step % cfg.sample_every == 0 or step in log_steps) and step != total:
                     grid(f"step-{step:08d}.png")
                 if step % cfg.checkpoint_every == 0 and step != total:
                     save()
+                window_start += time.perf_counter() - paused
                 stopped = stop.signum
                 if stopped or step == total:
                     break

@@ -61,6 +61,8 @@ def load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None = None,
     with console.task(f"load {preset.name}", total=1):
         engine = load_engine(preset, checkpoint, device=runtime.home, dtype=runtime.dtype,
                              vae_dtype=runtime.vae_dtype, unsafe_pickle=unsafe_pickle)
+    if preset.perf.channels_last:  # NHWC convolutions: faster with cuDNN in fp16/bf16
+        engine.to(memory_format=torch.channels_last)
     if runtime.compile:  # static shapes; the first call of each shape compiles
         engine.model.diffusion_model = torch.compile(engine.model.diffusion_model, dynamic=False)
         if engine.vae is not None:

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 tests
+	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900 tests
 
 demo: $(STAMP)
 	$(BIN)/gm train digits-demo

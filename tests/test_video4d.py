@@ -146,3 +146,152 @@ def test_preprocess_non_square_centres_the_object() -> None:
     out = np.asarray(preprocess([image], 64, 0.5)[0])
     red = np.argwhere((out[..., 0] > 200) & (out[..., 1] < 80))
     assert abs(red.mean(axis=0) - 31.5).max() < 2  # centred in the square output
+
+
+def test_sv4d2_windows_cover_every_frame() -> None:
+    # 22 frames: the 8-view script's range stops at 16 (frames 16-20); one more window ends on 21.
+    assert sv4d2_window_starts(22, 5, 8) == [0, 4, 8, 12, 16, 17]
+    assert sv4d2_window_starts(25, 12, 4) == [0, 12, 13]
+    for frames in range(5, 40):
+        covered = {s + i for s in sv4d2_window_starts(frames, 5, 8) for i in range(5)}
+        assert covered == set(range(frames)), frames
+
+
+# ---------------------------------------------------------------- sampling procedure (REFERENCE §2.5-2.6)
+
+
+def _sampler(checkpoints: Path, name: str, steps: int = 2):
+    import torch
+
+    from gm.models.build import load_engine
+    from gm.pipelines.common import Runtime
+    from gm.pipelines.video4d import Sampler4D, Video4DRequest, check_request, is_sv4d
+
+    preset = presets.load(str(PRESETS / f"{name}.toml"))
+    engine = load_engine(preset, checkpoints / preset.checkpoint.file)
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32)
+    request = Video4DRequest(source="", frames=21, steps=steps, seed=0, size=64, frame_ratio=0.9,
+                             elevations=10.0 if is_sv4d(preset) else 0.0, azimuths=None, encoding_t=8, decoding_t=4)
+    polars, azimuths = check_request(preset, request)
+    return Sampler4D(engine, preset, runtime, request, polars, azimuths, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", ["tiny-sv4d", "tiny-sv4d2"])
+def test_conditioning_c_and_uc(checkpoints: Path, name: str) -> None:
+    import torch
+
+    s = _sampler(checkpoints, name)
+    t, v = s.t, s.v
+    gen = torch.Generator().manual_seed(1)
+    motion, views = torch.rand(t, 3, 64, 64, generator=gen) * 2 - 1, torch.rand(v, 3, 64, 64, generator=gen) * 2 - 1
+    c, uc = s.conditioning(motion, views)
+    sigma_width = 32  # tiny presets: sigma 32 | polar 48 | azimuth 48
+    assert c["vector"].shape == (t * v, 128) and c["concat"].shape == (t * v, 4, 8, 8)
+    assert c["crossattn"].shape == (1, t, 16)  # one CLIP token per motion frame
+    assert c["cond_view"].shape == (v, 4, 8, 8) and c["cond_motion"].shape == (t, 4, 8, 8)
+    for key in ("concat", "cond_view", "cond_motion"):
+        assert c[key].abs().sum() > 0 and uc[key].eq(0).all(), key  # uc zeroes every image input
+    assert uc["crossattn"].eq(0).all()  # (the tiny CLIP's projection is all zeros, so c's is too)
+    assert uc["vector"][:, :sigma_width].eq(0).all()  # ... the sigma embedding of cond_frames too
+    assert torch.equal(uc["vector"][:, sigma_width:], c["vector"][:, sigma_width:])  # the camera stays
+    # cond_frames: frame t repeated for its V views (t-major); the sigma embedding is that of 1e-5.
+    assert torch.allclose(c["concat"][0], c["concat"][v - 1], atol=1e-3)
+    torch.testing.assert_close(c["vector"][0, :sigma_width],
+                               torch.cat([torch.ones(16), torch.zeros(16)]), atol=1e-4, rtol=0)
+    assert c["image_only_indicator"].eq(1).all() and c["num_video_frames"] == t * v
+    first_c, first_uc = s.conditioning(motion, views, cond_mv=False)  # SV4D 2.0's first window
+    assert first_c["cond_view"].eq(0).all() and first_uc["cond_view"].eq(0).all()
+    assert first_c["image_only_indicator"].eq(0).all() and first_c["concat"].abs().sum() > 0
+
+
+def test_euler_step_scales_only_the_first_step() -> None:
+    import torch
+
+    from gm.diffusion.guiders import IdentityGuider
+    from gm.pipelines.video4d import Sampler4D
+
+    s = Sampler4D.__new__(Sampler4D)  # only what step() uses
+    s.sigmas_dev = torch.tensor([700.0, 10.0, 0.5, 0.0])
+    s.guider = IdentityGuider()
+    s.denoiser = lambda x, sigma, cond: torch.full_like(x, 0.25)  # D(x, sigma) = 0.25
+    x = torch.ones(2, 1, 1, 1)
+    x0 = s.step(x, 0, {}, {})
+    scaled = (1 + 700.0**2) ** 0.5
+    torch.testing.assert_close(x0, scaled + (10.0 - 700.0) * (scaled - 0.25) / 700.0 * x, rtol=1e-5, atol=0)
+    x1 = s.step(x, 1, {}, {})  # later steps: no sqrt(1 + sigma^2) scaling
+    torch.testing.assert_close(x1, 1 + (0.5 - 10.0) * (1 - 0.25) / 10.0 * x)
+
+
+class _FakeSV4D:
+    """Records what run_sv4d asks of a Sampler4D: conditioning sets, the latents per step."""
+
+    def __init__(self, t: int, v: int, steps: int, device: str) -> None:
+        import torch
+
+        from gm.pipelines.common import Runtime
+
+        self.t, self.v = t, v
+        self.request = type("R", (), {"steps": steps})()
+        self.runtime = Runtime(device=torch.device(device), dtype=torch.float32, vae_dtype=torch.float32)
+        self.engine = type("E", (), {"network": None})()
+        self.conds: list[tuple[list[float], list[float]]] = []
+        self.steps: list[tuple[int, int, list[float]]] = []
+
+    def latent_shape(self):
+        return 1, 1, 1
+
+    def noise(self, shape):
+        import torch
+
+        frames, views = shape[:2]  # latent (t, v) = 100 t + v (v = 1.. for the novel views): where every latent came from
+        marks = 100.0 * torch.arange(frames)[:, None] + torch.arange(views)[None]
+        return marks.view(frames, views, 1, 1, 1).expand(shape).clone()
+
+    def conditioning(self, motion, views, cond_mv=True):
+        self.conds.append(([float(m.mean()) for m in motion], [float(x.mean()) for x in views]))
+        return len(self.conds) - 1, None
+
+    def sample(self, c, uc, label):
+        import torch
+
+        return torch.full((self.t * self.v, 1, 1, 1), -1.0)  # anchor latents
+
+    def step(self, x, k, c, uc):
+        assert x.device == self.runtime.device  # the window stays on the device between steps
+        if x.device.type != "meta":
+            self.steps.append((k, c, x.view(self.t, self.v)[:, 0].tolist()))
+        return x
+
+    def decode(self, z, label="decode"):
+        import torch
+
+        if z.device.type == "meta":
+            return torch.zeros(z.shape[0], 3, 2, 2)
+        return z.float().cpu().mean((1, 2, 3))[:, None, None, None].expand(-1, 3, 2, 2).clone()
+
+
+def test_dense_windows_alternate_per_step_and_overwrite_boundaries() -> None:
+    import torch
+
+    from gm.pipelines.video4d import run_sv4d
+
+    frames, t, v, steps = 7, 3, 2, 3  # anchors 2, 4, 6; windows 0-2, 2-4, 4-6
+    img = torch.zeros(frames, 1 + v, 3, 2, 2)
+    img[:, 0] = torch.arange(frames, dtype=torch.float32).view(frames, 1, 1, 1)  # input frame t = t
+    img[0, 1:] = 0.5  # the SV3D views
+    fake = _FakeSV4D(t, v, steps, "cpu")
+    overall = type("O", (), {"advance": lambda self: None})()
+    run_sv4d(fake, img, overall)
+    anchor, *windows = fake.conds
+    assert anchor == ([2.0, 4.0, 6.0], [0.5, 0.5])  # anchor pass: frames 2, 4, 6, views of t = 0
+    # Per window: forward (ascending, views at t0) then backward (descending, views at t0 + 2).
+    assert windows[0] == ([0.0, 1.0, 2.0], [0.5, 0.5]) and windows[1] == ([2.0, 1.0, 0.0], [-1.0, -1.0])
+    # Window 2-4 conditions forward on frame 2 as RE-generated by window 0-2 (latent marks 201, 202).
+    assert windows[2] == ([2.0, 3.0, 4.0], [201.0, 202.0]) and windows[3][1] == [-1.0, -1.0]
+    # Even steps backward (descending frames), odd steps forward, one Euler step each.
+    assert [(k, c) for k, c, _ in fake.steps[:3]] == [(0, 2), (1, 1), (2, 2)]
+    assert fake.steps[0][2] == [201.0, 101.0, 1.0] and fake.steps[1][2] == [1.0, 101.0, 201.0]
+    # Decoding overwrites every frame of each window, the boundary frames and t = 0 included.
+    assert img[:, 1:, 0, 0, 0].tolist() == [[100.0 * i + 1, 100.0 * i + 2] for i in range(frames)]
+    # The window's latents never leave the device inside the step loop (no per-step host copy).
+    run_sv4d(_FakeSV4D(t, v, steps, "meta"), torch.zeros(frames, 1 + v, 3, 2, 2), overall)

@@ -86,6 +86,31 @@ def test_conditioning_follows_the_reference(engine) -> None:
     torch.testing.assert_close(c["crossattn"][:1], clean)  # CLIP sees the clean image
 
 
+def test_uncond_reuses_the_image_encoders(engine) -> None:
+    """uc is c with the image branches zeroed: the CLIP tower and the VAE encoder run once, and the
+    result is what two conditioner calls (the reference's c and uc) give."""
+    preset, eng = engine
+    t = 2
+    image = image_tensor(fit_image(Image.open(IMAGE), 64, 96)[0])
+    scalars = {"fps_id": torch.tensor(6.0), "motion_bucket_id": torch.tensor(127.0), "cond_aug": torch.tensor(0.02)}
+    batch = build_batch(eng, image, image * 0.9, scalars, t)
+    calls: list[str] = []
+    hooks = [e.register_forward_hook(lambda m, a, o, name=e.config.input: calls.append(name))
+             for e in eng.embedders.embedders]
+    try:
+        c, uc = conditioning(eng, CPU, batch, t)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert sorted(calls) == sorted(batch)  # every embedder exactly once
+    with torch.no_grad():
+        c2 = eng.embedders(batch)
+        uc2 = eng.embedders(batch, force_zero=eng.embedders.uc_zero_inputs)
+    for key in c2:
+        torch.testing.assert_close(c[key][:1], c2[key][:1].float())
+        torch.testing.assert_close(uc[key][:1], uc2[key][:1].float())
+
+
 def test_same_seed_same_video_and_decoder_chunks(engine) -> None:
     preset, eng = engine
     image = fit_image(Image.open(IMAGE), 64, 96)[0]

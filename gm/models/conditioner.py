@@ -170,6 +170,39 @@ class Conditioner(nn.Module):
                 out[dest] = t if dest not in out else torch.cat((out[dest], t), dim=CAT_DIMS[dest])
         return out
 
+    def with_uncond(
+        self,
+        batch: Mapping[str, Any],
+        uc_zero: Collection[str],
+        force_zero: Collection[str] = (),
+        generator: torch.Generator | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(c, uc) of ONE batch, where uc zeroes the outputs of the `uc_zero` inputs (and both zero
+        `force_zero`): what `get_conditioning(batch)` and `get_conditioning(batch, force_zero=uc_zero)`
+        give, without running the zeroed embedders (the video models' CLIP tower and VAE encoders) a
+        second time. Deterministic outputs are shared; a noisy embedder (noise_sigma) that uc keeps
+        runs again with fresh noise, as sgm's second conditioner call does."""
+        c: dict[str, torch.Tensor] = {}
+        uc: dict[str, torch.Tensor] = {}
+        for i, emb in enumerate(self.embedders):
+            cfg = emb.config
+            if cfg.input not in batch:
+                raise KeyError(f"conditioner {i} needs batch['{cfg.input}'] (batch has {sorted(batch)})")
+            with torch.inference_mode():
+                tensors = emb(batch[cfg.input], generator)
+                if cfg.input in force_zero:
+                    tensors = [torch.zeros_like(t) for t in tensors]
+                if cfg.input in uc_zero or cfg.input in force_zero:
+                    uc_tensors = [torch.zeros_like(t) for t in tensors]
+                elif getattr(cfg, "noise_sigma", None) is not None:
+                    uc_tensors = emb(batch[cfg.input], generator)
+                else:
+                    uc_tensors = tensors
+            for out, values in ((c, tensors), (uc, uc_tensors)):
+                for dest, t in zip(emb.outputs(), values):
+                    out[dest] = t if dest not in out else torch.cat((out[dest], t), dim=CAT_DIMS[dest])
+        return c, uc
+
     def forward(
         self,
         batch: Mapping[str, Any],

@@ -151,8 +151,7 @@ def conditioning(engine: Engine, runtime: Runtime, batch: dict[str, torch.Tensor
     assert emb is not None
     on_dev = {k: v.to(runtime.device) for k, v in batch.items()}
     with on_device(emb, runtime), torch.inference_mode():
-        c = emb(on_dev)
-        uc = emb(on_dev, force_zero=emb.uc_zero_inputs)
+        c, uc = emb.with_uncond(on_dev, emb.uc_zero_inputs)  # CLIP and VAE encoder run once
     out = []
     for branch in (c, uc):
         branch = {k: v.float() for k, v in branch.items()}

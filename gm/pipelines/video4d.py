@@ -131,6 +131,7 @@ class Sampler4D:
         spec = dataclasses.replace(preset.guider, additional_keys=(*preset.guider.additional_keys, "image_only_indicator"))
         self.guider = guider_for(spec, frames=self.t * self.v)
         self.sigmas = sigmas_for(preset.sampler, request.steps)
+        self.sigmas_dev = self.sigmas.to(runtime.device, torch.float32)  # once: no copy (sync) per step
 
     def conditioning(self, motion: torch.Tensor, views: torch.Tensor, cond_mv: bool = True) -> tuple[Cond, Cond]:
         """motion (T, 3, H, W) and reference views (V, 3, H, W) in [-1, 1] -> (c, uc)."""
@@ -147,8 +148,7 @@ class Sampler4D:
         batch = {k: v.to(rt.device) for k, v in batch.items()}
         zero_view = () if cond_mv else ("cond_view",)  # SV4D 2.0's first window: no views yet
         with on_device(emb, rt), torch.inference_mode():
-            c = emb(batch, force_zero=zero_view, generator=self.generator)
-            uc = emb(batch, force_zero=(*emb.uc_zero_inputs, *zero_view), generator=self.generator)
+            c, uc = emb.with_uncond(batch, emb.uc_zero_inputs, force_zero=zero_view, generator=self.generator)
         n = self.t * self.v
         extra: Cond = {"image_only_indicator": torch.full((1, n), float(cond_mv), device=rt.device),
                        "num_video_frames": n}
@@ -170,11 +170,12 @@ class Sampler4D:
 
     def step(self, x: torch.Tensor, k: int, c: Cond, uc: Cond) -> torch.Tensor:
         """Euler-EDM step k of the schedule (no churn); step 0 first scales by sqrt(1 + sigma_0^2)."""
-        sigma, sigma_next = self.sigmas[k].to(x.device), self.sigmas[k + 1].to(x.device)
+        sigma, sigma_next = self.sigmas_dev[k], self.sigmas_dev[k + 1]
         if k == 0:
             x = x * torch.sqrt(1.0 + sigma**2)
         denoised = guided_denoise(self.denoiser, self.guider, c, uc)(x, sigma.expand(x.shape[0]))
-        return x + (sigma_next - sigma) * (x - denoised) / sigma
+        d = (x - denoised) / sigma  # the reference's to_d, then x + dt * d
+        return x + (sigma_next - sigma) * d
 
     def decode(self, z: torch.Tensor, label: str = "decode") -> torch.Tensor:
         """Latents -> images in [-1, 1] on the CPU."""
@@ -216,20 +217,21 @@ def run_sv4d(s: Sampler4D, img: torch.Tensor, overall) -> None:
     overall.advance()
     for t0 in sv4d_dense_starts(img.shape[0], t):
         latents = s.noise((img.shape[0], v + 1, *s.latent_shape()))  # fresh matrix; only the window is used
+        window = latents[t0:t0 + t, 1:].to(s.runtime.device)  # (T, V, 4, h, w), ascending; stays on the device
         ascending = list(range(t0, t0 + t))
-        descending = ascending[::-1]
         forward = s.conditioning(img[ascending, 0], img[t0, 1:])
-        backward = s.conditioning(img[descending, 0], img[t0 + t - 1, 1:])
-        order = ascending
+        backward = s.conditioning(img[ascending[::-1], 0], img[t0 + t - 1, 1:])
         with on_device(s.engine.network, s.runtime), torch.inference_mode(), \
                 console.task(f"window {t0}-{t0 + t - 1}", total=s.request.steps, unit="step") as bar:
             for k in range(s.request.steps):
-                order, (c, uc) = (descending, backward) if k % 2 == 0 else (ascending, forward)
-                x = latents[order, 1:].flatten(0, 1).to(s.runtime.device)  # (T*V, 4, h, w)
-                x = s.step(x, k, c, uc)
-                latents[order, 1:] = x.float().cpu().view(t, v, *x.shape[1:])
+                # Even steps (step 0 included) run backward: frames descending, views of the last frame.
+                back = k % 2 == 0
+                c, uc = backward if back else forward
+                x = (window.flip(0) if back else window).flatten(0, 1)  # (T*V, 4, h, w) t-major
+                x = s.step(x, k, c, uc).view(t, v, *x.shape[1:])  # (T, V, 4, h, w)
+                window = x.flip(0) if back else x
                 bar.advance()
-        img[order, 1:] = s.decode(latents[order, 1:].flatten(0, 1), "decode window").view(t, v, *img.shape[2:])
+        img[t0:t0 + t, 1:] = s.decode(window.flatten(0, 1), "decode window").view(t, v, *img.shape[2:])
         overall.advance()
 
 

@@ -81,10 +81,16 @@ def sv4d_dense_starts(frames: int, window: int) -> list[int]:
 
 def sv4d2_window_starts(frames: int, window: int, views: int) -> list[int]:
     """The 4-view script steps by T (range(0, 21, 12) -> 0, 12 shifted to 9); the 8-view script by
-    T - 1 (range(0, 17, 4) -> 0, 4, 8, 12, 16). A start that would overflow is shifted back."""
+    T - 1 (range(0, 17, 4) -> 0, 4, 8, 12, 16). A start that would overflow is shifted back.
+
+    With other frame counts the 8-view script's range can stop short of the end (22 frames: the
+    last window is 16-20) and the reference drops the unsampled frames from its videos; here one
+    more window, shifted back to end on the last frame, samples them."""
     step = window - 1 if views == 8 else window
     stop = frames if views != 8 else frames - window + 1
     starts = [min(s, frames - window) for s in range(0, max(stop, 1), step)]
+    if starts[-1] + window < frames:
+        starts.append(frames - window)
     return list(dict.fromkeys(starts))
 
 

@@ -295,3 +295,19 @@ def test_dense_windows_alternate_per_step_and_overwrite_boundaries() -> None:
     assert img[:, 1:, 0, 0, 0].tolist() == [[100.0 * i + 1, 100.0 * i + 2] for i in range(frames)]
     # The window's latents never leave the device inside the step loop (no per-step host copy).
     run_sv4d(_FakeSV4D(t, v, steps, "meta"), torch.zeros(frames, 1 + v, 3, 2, 2), overall)
+
+
+def test_remove_bg_segments_frames_at_full_size() -> None:
+    from gm.pipelines.video4d_input import preprocess
+
+    seen: list[tuple[int, int]] = []
+
+    def segment(image: Image.Image) -> Image.Image:
+        seen.append(image.size)
+        out = image.convert("RGBA")
+        out.putalpha(Image.new("L", image.size, 255))
+        return out
+
+    frame = Image.new("RGB", (1000, 800), "white")
+    preprocess([frame, frame.convert("RGBA")], 64, 0.9, remove_bg=True, segment=segment)
+    assert seen == [(1000, 800)]  # no 768 thumbnail (SV3D's step), RGBA frames keep their alpha

@@ -17,7 +17,7 @@ from PIL import Image
 
 from gm.errors import InputError
 from gm.io.media import iter_video, open_image
-from gm.pipelines.objects import Segmenter, remove_background
+from gm.pipelines.objects import Segmenter, rembg_segment
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".gif", ".mp4", ".mov", ".webm", ".mkv", ".avi")
@@ -74,8 +74,9 @@ def preprocess(images: list[Image.Image], size: int, frame_ratio: float, remove_
                segment: Segmenter | None = None) -> list[Image.Image]:
     """Centre the object of every frame on one square crop (union bounding box over the frames),
     shrink it to `frame_ratio` of the frame, resize to size x size and composite on white."""
-    if remove_bg:
-        images = [im if im.mode == "RGBA" else remove_background(im, segment) for im in images]
+    if remove_bg:  # at full size: unlike SV3D's path, the reference's 768 thumbnail is commented out here
+        seg = segment or rembg_segment
+        images = [im if im.mode == "RGBA" else seg(im.convert("RGBA")) for im in images]
     arrays = [np.asarray(im.convert("RGBA")) for im in images]  # (H, W, 4)
     heights = {a.shape[:2] for a in arrays}
     if len(heights) != 1:

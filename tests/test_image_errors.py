@@ -96,6 +96,8 @@ def test_checkpoint_of_another_model_is_a_strict_error(gm, checkpoints: Path, tm
     (("-n", "0"), "-n must be at least 1"),
     (("--refiner", SD21, "--refiner-strength", "1.5"), "--refiner-strength must be in (0, 1]"),
     (("--refiner", SD21, "--init-image", __file__), "needs --no-finish"),
+    (("--seed", "-1"), "--seed must be in [0, 2^64)"),
+    (("--seed", str(2**64 - 1), "-n", "2"), "--seed must be in [0, 2^64)"),
 ])
 def test_usage_errors_exit_2(gm, tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
     fails(gm("txt2img", "a fox", "-p", SD21, *args, "-o", str(tmp_path / "o")), 2, needle)
@@ -146,3 +148,16 @@ def test_show_preset_prints_the_effective_preset(gm) -> None:
     assert r.exit_code == 0
     shown = presets.parse(__import__("tomllib").loads(r.stdout), "shown")
     assert (shown.sampler.steps, shown.sampler.name, shown.guider.scale) == (30, "euler", 5.0)
+
+
+def test_refiner_schedule_mismatch_fails_before_the_base_samples(gm, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An EDM base cannot hand over to a DDPM refiner: say so before minutes of base sampling, not after."""
+    from gm.pipelines import image as image_pipeline
+
+    sampled: list[str] = []
+    monkeypatch.setattr(image_pipeline, "run_sampler", lambda *a, **k: sampled.append("x"))
+    out = tmp_path / "o"
+    fails(gm("txt2img", "a fox", "-p", BASE, "--steps", "20", "--set", "sampler.discretization=edm",
+             "--refiner", SD21, "-o", str(out)), 2, "refiner schedule starts at sigma")
+    assert sampled == [] and list(out.iterdir()) == []

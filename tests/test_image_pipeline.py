@@ -242,3 +242,50 @@ def test_ldm_layout_checkpoint_loads(gm, tmp_path: Path, checkpoints: Path) -> N
     b = gm(*args, "--checkpoint", str(path), "-o", str(tmp_path / "b"))
     assert b.exit_code == 0, b.output
     assert np.array_equal(pixels(a.stdout.strip()), pixels(b.stdout.strip()))
+
+
+def test_refiner_strength_1_hands_over_the_start_noise_at_sigma_max(gm, tmp_path: Path, sampler_calls: list) -> None:
+    """Strength 1: the base keeps only sigma_max (0 steps) and must still return eps * sqrt(1 + sigma_max^2),
+    which the refiner continues from (it used to return the unit noise: a start 14.6x too weak)."""
+    r = gm("txt2img", "a fox", "-p", BASE, "--refiner", REFINER, "--steps", "4", "--refiner-strength", "1",
+           "-W", "64", "-H", "64", "-o", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    base, refine = sampler_calls
+    full = legacy_ddpm_sigmas(4)
+    assert torch.equal(base["sigmas"], full[:1]) and torch.equal(refine["sigmas"], full)
+    scale = float(torch.sqrt(1 + full[0] ** 2))
+    torch.testing.assert_close(base["out"], base["noise"] * scale, rtol=0, atol=0)
+    torch.testing.assert_close(refine["noise"] * scale, base["out"], rtol=1e-6, atol=1e-5)
+
+
+def test_low_vram_moves_each_stage_once_and_encodes_the_init_image_once(
+        gm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-n 3 from one init image with a refiner: one VAE encode (each image draws its own posterior sample),
+    and in --low-vram mode each UNet goes to the device once, not once per image."""
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(init)
+    moves: list[str] = []
+    encodes: list[int] = []
+    on_device, posterior = image_pipeline.on_device, image_pipeline.posterior
+
+    def spy_on_device(module, runtime):
+        moves.append(type(module).__name__)
+        return on_device(module, runtime)
+
+    def spy_posterior(engine, images, runtime, chunk=0):
+        encodes.append(images.shape[0])
+        return posterior(engine, images, runtime, chunk)
+
+    monkeypatch.setattr(image_pipeline, "on_device", spy_on_device)
+    monkeypatch.setattr(image_pipeline, "posterior", spy_posterior)
+    args = ("txt2img", "a fox", "-p", BASE, "--init-image", str(init), "--strength", "0.5", "--steps", "4",
+            "--refiner", REFINER, "--no-finish", "--device", "cpu", "--quiet")
+    r = gm(*args, "-n", "3", "--seed", "2", "--low-vram", "-o", str(tmp_path / "a"))
+    assert r.exit_code == 0, r.output
+    assert encodes == [1]
+    assert moves == ["UNet", "UNet"]  # base, refiner
+    # Image k is still the image of seed + k alone, and low-VRAM mode changes no number.
+    alone = gm(*args, "--seed", "3", "-o", str(tmp_path / "b"))
+    outputs = r.stdout.split()
+    assert np.array_equal(pixels(outputs[1]), pixels(alone.stdout.strip()))
+    assert not np.array_equal(pixels(outputs[0]), pixels(outputs[1]))

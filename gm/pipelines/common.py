@@ -136,8 +136,8 @@ def run_sampler(
     """Sample from unit `noise` along `sigmas` with a progress bar; ancestral/churn noise from
     the CPU `generator` (so a seed gives the same result on every device)."""
     steps = len(sigmas) - 1
-    if steps == 0:
-        return noise.float()
+    if steps == 0:  # nothing to run, but the start is still at sigma_0 (e.g. a hand-off at sigma_max)
+        return noise.float() * schedules.start_scale(sigmas)
     noise_fn = samplers.make_noise_fn(generator, tuple(noise.shape), noise.device, torch.float32)
     with console.task(label, total=steps, unit="step") as bar:
         return samplers.sample(name or spec.name, denoise, noise, sigmas, noise_fn=noise_fn,
@@ -175,23 +175,36 @@ def decode(engine: Engine, z: torch.Tensor, runtime: Runtime, chunk: int = 0, la
     return torch.cat(out)
 
 
-def encode(engine: Engine, images: torch.Tensor, runtime: Runtime, generator: torch.Generator | None,
-           chunk: int = 0) -> torch.Tensor:
-    """Images in [-1, 1] (N, 3, H, W) -> scaled latents; samples the posterior like the reference's
-    AutoencoderKL (with noise from `generator`), or takes its mode when `generator` is None."""
+def posterior(engine: Engine, images: torch.Tensor, runtime: Runtime,
+              chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [-1, 1] (N, 3, H, W) -> the VAE posterior (mean, logvar), float32 on the compute
+    device and not yet scaled; `chunk` images per VAE call (0 = all at once)."""
     vae = engine.vae
     assert vae is not None, "this preset has no autoencoder"
     n = images.shape[0]
     size = n if chunk <= 0 else chunk
-    out = []
+    means, logvars = [], []
     with on_device(vae, runtime), torch.inference_mode():
         for start in range(0, n, size):
-            part = images[start:start + size].to(runtime.device, runtime.vae_dtype)
-            mean, logvar = vae.encode(part)
-            if generator is None:
-                z = mean
-            else:
-                eps = dev.randn(tuple(mean.shape), generator, runtime.device)
-                z = mean.float() + torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0)) * eps
-            out.append(z.float() * engine.scale_factor)
-    return torch.cat(out)
+            mean, logvar = vae.encode(images[start:start + size].to(runtime.device, runtime.vae_dtype))
+            means.append(mean.float())
+            logvars.append(logvar.float())
+    return torch.cat(means), torch.cat(logvars)
+
+
+def posterior_latent(engine: Engine, moments: tuple[torch.Tensor, torch.Tensor], runtime: Runtime,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """Scaled latents from `posterior` moments: a sample like the reference's AutoencoderKL (noise
+    from `generator`), or the mode when `generator` is None. One encode serves many samples."""
+    mean, logvar = moments
+    if generator is None:
+        return mean * engine.scale_factor
+    eps = dev.randn(tuple(mean.shape), generator, runtime.device)
+    return (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps) * engine.scale_factor
+
+
+def encode(engine: Engine, images: torch.Tensor, runtime: Runtime, generator: torch.Generator | None,
+           chunk: int = 0) -> torch.Tensor:
+    """Images in [-1, 1] (N, 3, H, W) -> scaled latents; samples the posterior like the reference's
+    AutoencoderKL (with noise from `generator`), or takes its mode when `generator` is None."""
+    return posterior_latent(engine, posterior(engine, images, runtime, chunk), runtime, generator)

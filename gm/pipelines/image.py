@@ -18,7 +18,7 @@ and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,12 +37,13 @@ from gm.models.build import Engine
 from gm.pipelines.common import (
     Runtime,
     denoiser_for,
-    encode,
     guided_denoise,
     guider_for,
     load,
     noise_like,
     on_device,
+    posterior,
+    posterior_latent,
     run_sampler,
     sigmas_for,
 )
@@ -125,6 +126,9 @@ def check_strength(value: float, option: str) -> None:
 def _check_common(preset: Preset, job: ImageJob) -> None:
     if job.count < 1:
         raise UsageError(f"-n must be at least 1, got {job.count}")
+    images = len(job.init_images) if job.command == "refine" else job.count  # image k uses seed + k
+    if job.seed < 0 or job.seed + images - 1 >= 2**64:
+        raise UsageError(f"--seed must be in [0, 2^64) for every image (seed + k), got {job.seed}", "e.g. --seed 42")
     if job.command == "turbo":
         turbo_sigmas(preset.sampler.steps)  # 1..4 or a UsageError
     else:
@@ -145,10 +149,17 @@ def _schedule(preset: Preset, job: ImageJob) -> torch.Tensor:
     return turbo_sigmas(preset.sampler.steps) if job.command == "turbo" else sigmas_for(preset.sampler)
 
 
-def _sample(preset: Preset, runtime: Runtime, engine: Engine, denoise, start: torch.Tensor, sigmas: torch.Tensor,
-            generator: torch.Generator, label: str) -> torch.Tensor:
+def _sample_all(preset: Preset, runtime: Runtime, engine: Engine, denoise, starts: Iterable[torch.Tensor],
+                sigmas: torch.Tensor, generators: list[torch.Generator], label: str) -> list[torch.Tensor]:
+    """Sample each start (image k with generators[k]); the UNet is moved on and off the device once
+    for the whole batch in --low-vram mode, not once per image."""
+    out = []
     with on_device(engine.network, runtime), torch.inference_mode():
-        return run_sampler(preset.sampler, denoise, start, sigmas, generator, label=label)
+        for k, (start, generator) in enumerate(zip(starts, generators, strict=True)):
+            n = len(generators)
+            out.append(run_sampler(preset.sampler, denoise, start, sigmas, generator,
+                                   label=label if n == 1 else f"{label} {k + 1}/{n}"))
+    return out
 
 
 def _denoise_for(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCondition):
@@ -184,13 +195,6 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
     else:
         width, height = init_w, init_h
     check_size(width, height, size_grid(preset))
-    if refiner is not None:
-        check_size(width, height, size_grid(refiner.preset))
-    engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
-    negative = _negative_for(engine, preset, job)
-    spec = TextCondition(job.prompt, negative, height, width,
-                         preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
-    denoise = _denoise_for(engine, preset, runtime, spec)
     full = _schedule(preset, job)
     if job.init_images:
         init = load_image(job.init_images[0], width, height)
@@ -199,17 +203,26 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
         sigmas = txt2noisy_sigmas(full, refiner.strength, original_steps=len(full) - 1)
     else:
         sigmas = full
-    latents: list[torch.Tensor] = []
-    generators: list[torch.Generator] = []
-    for k in range(job.count):
-        generator = dev.cpu_generator(job.seed + k)
-        if init is not None:
-            start = _renoise(encode(engine, init, runtime, generator), sigmas, generator, runtime)
-        else:
-            start = noise_like((1, LATENT_CHANNELS, height // FACTOR, width // FACTOR), generator, runtime)
-        latents.append(_sample(preset, runtime, engine, denoise, start, sigmas, generator,
-                               f"sample {k + 1}/{job.count}"))
-        generators.append(generator)
+    if refiner is not None:
+        check_size(width, height, size_grid(refiner.preset))
+        refiner_sigmas = img2img_sigmas(sigmas_for(refiner.preset.sampler), refiner.strength)
+        if refiner.finish and float(refiner_sigmas[0]) != float(sigmas[-1]):  # checked before any sampling
+            raise UsageError(f"refiner schedule starts at sigma {float(refiner_sigmas[0]):.4f} but the base stops "
+                             f"at {float(sigmas[-1]):.4f}",
+                             "give the base and the refiner the same discretization (--set sampler.discretization=...)")
+    engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
+    negative = _negative_for(engine, preset, job)
+    spec = TextCondition(job.prompt, negative, height, width,
+                         preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
+    denoise = _denoise_for(engine, preset, runtime, spec)
+    generators = [dev.cpu_generator(job.seed + k) for k in range(job.count)]
+    if init is not None:
+        moments = posterior(engine, init, runtime)  # one VAE encode; image k draws its own posterior sample
+        starts = (_renoise(posterior_latent(engine, moments, runtime, g), sigmas, g, runtime) for g in generators)
+    else:
+        shape = (1, LATENT_CHANNELS, height // FACTOR, width // FACTOR)
+        starts = (noise_like(shape, g, runtime) for g in generators)
+    latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample")
     fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))
     record: dict[str, object] = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative,
                                  "width": width, "height": height, "preset": preset.to_dict()}
@@ -221,7 +234,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
     if refiner is not None:
         del denoise, engine  # free the base before the refiner is loaded
         dev.empty_cache(runtime.device)
-        engine, latents = refine_latents(refiner, runtime, job, latents, generators, spec, sigmas)
+        engine, latents = refine_latents(refiner, runtime, job, latents, generators, spec, refiner_sigmas)
         fields["Refiner"] = refiner.preset.name
         fields["Refiner switch at"] = round((len(sigmas) - 1) / max(len(full) - 1, 1), 4)
         record["refiner"] = {"preset": refiner.preset.to_dict(), "strength": refiner.strength,
@@ -231,8 +244,9 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
 
 def refine_latents(refiner: RefinerPlan, runtime: Runtime, job: ImageJob, latents: list[torch.Tensor],
                    generators: list[torch.Generator], base: TextCondition,
-                   base_sigmas: torch.Tensor) -> tuple[Engine, list[torch.Tensor]]:
-    """Second stage of §3.5 on each base latent; returns the refiner engine (its VAE decodes)."""
+                   sigmas: torch.Tensor) -> tuple[Engine, list[torch.Tensor]]:
+    """Second stage of §3.5 on each base latent along the refiner's `sigmas` (its img2img schedule);
+    returns the refiner engine (its VAE decodes)."""
     r = refiner.preset
     engine = load(r, runtime, refiner.checkpoint, job.unsafe_pickle)
     # The refiner sees the prompt, size (h, w), crop (0, 0) and aesthetic 6.0 / 2.5; the demo passes
@@ -240,18 +254,11 @@ def refine_latents(refiner: RefinerPlan, runtime: Runtime, job: ImageJob, latent
     spec = TextCondition(job.prompt, base.negative, base.height, base.width,
                          r.defaults.aesthetic_score, r.defaults.negative_aesthetic_score)
     denoise = _denoise_for(engine, r, runtime, spec)
-    sigmas = img2img_sigmas(sigmas_for(r.sampler), refiner.strength)
-    if refiner.finish and float(sigmas[0]) != float(base_sigmas[-1]):
-        raise UsageError(f"refiner schedule starts at sigma {float(sigmas[0]):.4f} but the base stopped at "
-                         f"{float(base_sigmas[-1]):.4f}", "give both presets the same step count")
-    out = []
-    for k, (x, generator) in enumerate(zip(latents, generators, strict=True)):
-        if refiner.finish:
-            start = x / start_scale(sigmas).item()  # no fresh noise: the latent is already at sigma_0
-        else:
-            start = _renoise(x, sigmas, generator, runtime)
-        out.append(_sample(r, runtime, engine, denoise, start, sigmas, generator, f"refine {k + 1}/{len(latents)}"))
-    return engine, out
+    if refiner.finish:  # no fresh noise: the latent is already at sigma_0
+        starts = (x / start_scale(sigmas).item() for x in latents)
+    else:
+        starts = (_renoise(x, sigmas, g, runtime) for x, g in zip(latents, generators, strict=True))
+    return engine, _sample_all(r, runtime, engine, denoise, starts, sigmas, generators, "refine")
 
 
 def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageResult]:
@@ -269,10 +276,11 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRes
                                  preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
             denoisers[(width, height)] = _denoise_for(engine, preset, runtime, spec)
         generator = dev.cpu_generator(job.seed + i)
-        start = _renoise(encode(engine, load_image(path, width, height), runtime, generator), sigmas, generator,
-                         runtime)
-        latent = _sample(preset, runtime, engine, denoisers[(width, height)], start, sigmas, generator,
-                         f"refine {i + 1}/{len(job.init_images)}")
+        # One image at a time (outputs stream out as they are written), so each stage moves per image.
+        z = posterior_latent(engine, posterior(engine, load_image(path, width, height), runtime), runtime, generator)
+        (latent,) = _sample_all(preset, runtime, engine, denoisers[(width, height)],
+                                [_renoise(z, sigmas, generator, runtime)], sigmas, [generator],
+                                f"refine {i + 1}/{len(job.init_images)}")
         fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset))
         fields["Denoising strength"] = job.strength
         record = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative, "width": width,

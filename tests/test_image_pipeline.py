@@ -289,3 +289,54 @@ def test_low_vram_moves_each_stage_once_and_encodes_the_init_image_once(
     outputs = r.stdout.split()
     assert np.array_equal(pixels(outputs[1]), pixels(alone.stdout.strip()))
     assert not np.array_equal(pixels(outputs[0]), pixels(outputs[1]))
+
+
+def _tiny_engine(name: str, folder: Path):
+    from gm.pipelines.common import load, runtime_for
+
+    preset = presets.load(name)
+    runtime = runtime_for(preset, "cpu")
+    return preset, runtime, load(preset, runtime, folder / f"{preset.name}.safetensors")
+
+
+def test_sdxl_base_uc_zeroes_text_and_pooled_keeps_sizes_and_encodes_the_prompt_once(checkpoints: Path) -> None:
+    """§3.3: SDXL base uc = c with crossattn AND the pooled vector zeroed, size/crop embeddings identical;
+    the text towers run once (on the prompt), not again on a negative prompt that is thrown away."""
+    from gm.pipelines.image_cond import TextCondition, _batch, conditioning
+
+    preset, runtime, engine = _tiny_engine(BASE, checkpoints)
+    conditioner = engine.embedders
+    texts: list[list[str]] = []
+    for emb in conditioner.embedders:
+        if emb.config.input == "txt":
+            emb.register_forward_pre_hook(lambda module, args: texts.append(list(args[0])))
+    spec = TextCondition("a fox", "ugly", 64, 96)
+    c, uc = conditioning(engine, preset, runtime, spec, need_uc=True)
+    assert texts == [["a fox"], ["a fox"]]
+    # The two-pass way (sgm's get_unconditional_conditioning with force_uc_zero_embeddings=["txt"]).
+    keys = conditioner.input_keys
+    ref_c = conditioner.get_conditioning(_batch(keys, "a fox", spec, 6.0, runtime.device))
+    ref_uc = conditioner.get_conditioning(_batch(keys, "ugly", spec, 2.5, runtime.device), force_zero={"txt"})
+    for key in ("crossattn", "vector"):
+        assert torch.equal(c[key], ref_c[key]) and torch.equal(uc[key], ref_uc[key])
+    pooled = 16  # tiny bigG embed_dim; then orig | crop | target, 2 x 8 each, (height, width) order
+    assert not uc["crossattn"].any() and not uc["vector"][:, :pooled].any()
+    assert torch.equal(uc["vector"][:, pooled:], c["vector"][:, pooled:])
+    orig = c["vector"][:, pooled:pooled + 16]
+    cos_first = torch.cat([torch.cos(torch.tensor([64.0])), torch.sin(torch.tensor([64.0]))])
+    assert torch.equal(orig[0, [0, 4]], cos_first)  # height 64 first, its 8-wide sinusoid cos-first
+
+
+def test_refiner_uc_encodes_the_negative_with_aesthetic_2_5(checkpoints: Path) -> None:
+    """§3.3: the refiner's uc is the encoded negative prompt (not zeros), aesthetic 6.0 in c and 2.5 in uc."""
+    from gm.nn.embeddings import timestep_embedding
+    from gm.pipelines.image_cond import TextCondition, conditioning
+
+    preset, runtime, engine = _tiny_engine(REFINER, checkpoints)
+    spec = TextCondition("a fox", "ugly", 64, 128, preset.defaults.aesthetic_score,
+                         preset.defaults.negative_aesthetic_score)
+    c, uc = conditioning(engine, preset, runtime, spec, need_uc=True)
+    assert uc["crossattn"].abs().sum() > 0 and not torch.equal(uc["crossattn"], c["crossattn"])
+    outdim = preset.conditioner[-1]["outdim"]
+    assert torch.equal(c["vector"][:, -outdim:], timestep_embedding(torch.tensor([6.0]), outdim))
+    assert torch.equal(uc["vector"][:, -outdim:], timestep_embedding(torch.tensor([2.5]), outdim))

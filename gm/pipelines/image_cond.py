@@ -128,12 +128,19 @@ def conditioning(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCon
     if dropped:
         console.warn(f"prompt longer than 77 tokens: the last {dropped} token(s) are dropped")
     force_zero = set(conditioner.uc_zero_inputs) | ({"txt"} if preset.defaults.zero_uc_text else set())
+    # The inputs in which the uc batch differs from c's; when uc zeroes all of them (SDXL base: the
+    # text), uc is c with those outputs zeroed, so the text encoders need not run on the negative.
+    differs = {"txt"} | ({"aesthetic_score"} if spec.aesthetic_score != spec.negative_aesthetic_score else set())
     with on_device(conditioner, runtime), torch.inference_mode():
-        cond = conditioner.get_conditioning(_batch(keys, spec.prompt, spec, spec.aesthetic_score, runtime.device))
+        batch = _batch(keys, spec.prompt, spec, spec.aesthetic_score, runtime.device)
         uc = None
-        if need_uc:
-            batch_uc = _batch(keys, spec.negative, spec, spec.negative_aesthetic_score, runtime.device)
-            uc = conditioner.get_conditioning(batch_uc, force_zero=force_zero)
+        if need_uc and differs & set(keys) <= force_zero:
+            cond, uc = conditioner.with_uncond(batch, uc_zero=force_zero)
+        else:
+            cond = conditioner.get_conditioning(batch)
+            if need_uc:
+                batch_uc = _batch(keys, spec.negative, spec, spec.negative_aesthetic_score, runtime.device)
+                uc = conditioner.get_conditioning(batch_uc, force_zero=force_zero)
     return _to_device(cond, runtime), (_to_device(uc, runtime) if uc is not None else None)
 
 

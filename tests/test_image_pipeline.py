@@ -61,8 +61,8 @@ def sampler_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     calls: list[dict] = []
     original = image_pipeline.run_sampler
 
-    def recording(spec, denoise, noise, sigmas, generator, label="sample", name=None):
-        out = original(spec, denoise, noise, sigmas, generator, label=label, name=name)
+    def recording(spec, denoise, noise, sigmas, generator, label="sample", name=None, noise_fn=None):
+        out = original(spec, denoise, noise, sigmas, generator, label=label, name=name, noise_fn=noise_fn)
         calls.append(dict(label=label, sigmas=sigmas.clone(), noise=noise.clone(), out=out.clone(), sampler=spec.name))
         return out
 
@@ -221,6 +221,13 @@ def test_turbo_runs_the_sub_schedule_without_guidance(gm, tmp_path: Path, sample
     assert params == "a cat\nSteps: 2, Sampler: Euler a, CFG scale: 1.0, Seed: 4, Size: 256x256, Model: tiny-sdxl-turbo"
     assert gm_json["command"] == "turbo" and gm_json["preset"]["guider"]["kind"] == "identity"
     assert watermark.detect(pixels(r.stdout.strip())).bits >= 36
+    # The turbo demo's noise: start from RandomState(seed), ancestral call i from RandomState(seed + 1 + i).
+    demo_start = np.random.RandomState(4).randn(1, 4, 32, 32).astype(np.float32)
+    assert torch.equal(call["noise"].cpu(), torch.from_numpy(demo_start))
+    draws = image_pipeline.turbo_noise_fn(4, (1, 4, 2, 2), torch.device("cpu"))
+    for i in range(3):
+        expected = np.random.RandomState(5 + i).randn(1, 4, 2, 2).astype(np.float32)
+        assert torch.equal(draws(0), torch.from_numpy(expected))
 
 
 def test_long_prompt_warns_with_the_dropped_count(gm, tmp_path: Path) -> None:

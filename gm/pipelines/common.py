@@ -132,13 +132,15 @@ def run_sampler(
     generator: torch.Generator,
     label: str = "sample",
     name: str | None = None,
+    noise_fn: samplers.NoiseFn | None = None,
 ) -> torch.Tensor:
     """Sample from unit `noise` along `sigmas` with a progress bar; ancestral/churn noise from
-    the CPU `generator` (so a seed gives the same result on every device)."""
+    the CPU `generator` (so a seed gives the same result on every device), or from `noise_fn`."""
     steps = len(sigmas) - 1
     if steps == 0:  # nothing to run, but the start is still at sigma_0 (e.g. a hand-off at sigma_max)
         return noise.float() * schedules.start_scale(sigmas)
-    noise_fn = samplers.make_noise_fn(generator, tuple(noise.shape), noise.device, torch.float32)
+    if noise_fn is None:
+        noise_fn = samplers.make_noise_fn(generator, tuple(noise.shape), noise.device, torch.float32)
     with console.task(label, total=steps, unit="step") as bar:
         return samplers.sample(name or spec.name, denoise, noise, sigmas, noise_fn=noise_fn,
                                callback=lambda i, x, d: bar.advance(), **sampler_options(spec))

@@ -11,8 +11,9 @@ and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/
   refiner continues from exactly that sigma with `img2img_sigmas` and no fresh noise. Both use the
   same N so the two schedules meet. `finish=False`: the base runs to 0 and the refiner SDEdits the
   clean latent with fresh noise.
-* turbo: `turbo_sigmas(n)`, ancestral Euler, no guidance (uc = c, one batch). The demo draws noise
-  from numpy's RandomState; gm uses the same CPU torch generator as everywhere else.
+* turbo: `turbo_sigmas(n)`, ancestral Euler, no guidance (uc = c, one batch). Noise as the demo
+  draws it, so a seed gives the demo's image: the start from numpy's RandomState(seed) (float64 ->
+  float32), the i-th ancestral draw from RandomState(seed + 1 + i); device-independent as well.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from gm import device as dev
@@ -30,6 +32,7 @@ from gm import presets
 from gm.checkpoint import find_checkpoint
 from gm.console import console
 from gm.diffusion import guiders
+from gm.diffusion.samplers import NoiseFn
 from gm.diffusion.schedules import img2img_sigmas, start_scale, turbo_sigmas, txt2noisy_sigmas
 from gm.errors import UsageError
 from gm.io.files import ensure_dir
@@ -150,16 +153,29 @@ def _schedule(preset: Preset, job: ImageJob) -> torch.Tensor:
 
 
 def _sample_all(preset: Preset, runtime: Runtime, engine: Engine, denoise, starts: Iterable[torch.Tensor],
-                sigmas: torch.Tensor, generators: list[torch.Generator], label: str) -> list[torch.Tensor]:
-    """Sample each start (image k with generators[k]); the UNet is moved on and off the device once
-    for the whole batch in --low-vram mode, not once per image."""
+                sigmas: torch.Tensor, generators: list[torch.Generator], label: str,
+                noise_fns: list[NoiseFn] | None = None) -> list[torch.Tensor]:
+    """Sample each start (image k with generators[k], or noise_fns[k]); the UNet is moved on and off
+    the device once for the whole batch in --low-vram mode, not once per image."""
     out = []
+    n = len(generators)
     with on_device(engine.network, runtime), torch.inference_mode():
         for k, (start, generator) in enumerate(zip(starts, generators, strict=True)):
-            n = len(generators)
             out.append(run_sampler(preset.sampler, denoise, start, sigmas, generator,
-                                   label=label if n == 1 else f"{label} {k + 1}/{n}"))
+                                   label=label if n == 1 else f"{label} {k + 1}/{n}",
+                                   noise_fn=None if noise_fns is None else noise_fns[k]))
     return out
+
+
+def numpy_noise(seed: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard normal noise from numpy's RandomState(seed), as the turbo demo draws it."""
+    return torch.from_numpy(np.random.RandomState(seed).randn(*shape).astype(np.float32)).to(device)
+
+
+def turbo_noise_fn(seed: int, shape: tuple[int, ...], device: torch.device) -> NoiseFn:
+    """The turbo demo's ancestral draws: call i (every step, the last included) uses RandomState(seed + 1 + i)."""
+    calls = iter(range(seed + 1, seed + 1 + 10_000))
+    return lambda _step: numpy_noise(next(calls), shape, device)
 
 
 def _denoise_for(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCondition):
@@ -216,13 +232,21 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
                          preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
     denoise = _denoise_for(engine, preset, runtime, spec)
     generators = [dev.cpu_generator(job.seed + k) for k in range(job.count)]
+    noise_fns: list[NoiseFn] | None = None
     if init is not None:
         moments = posterior(engine, init, runtime)  # one VAE encode; image k draws its own posterior sample
         starts = (_renoise(posterior_latent(engine, moments, runtime, g), sigmas, g, runtime) for g in generators)
+    elif job.command == "turbo":
+        shape = (1, LATENT_CHANNELS, height // FACTOR, width // FACTOR)
+        seeds = [job.seed + k for k in range(job.count)]
+        if seeds[-1] + 1 + len(sigmas) >= 2**32:
+            raise UsageError(f"turbo seeds must stay below 2**32 (numpy's RandomState), got {job.seed}", "use a smaller --seed")
+        starts = (numpy_noise(s, shape, runtime.device) for s in seeds)
+        noise_fns = [turbo_noise_fn(s, shape, runtime.device) for s in seeds]
     else:
         shape = (1, LATENT_CHANNELS, height // FACTOR, width // FACTOR)
         starts = (noise_like(shape, g, runtime) for g in generators)
-    latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample")
+    latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample", noise_fns)
     fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))
     record: dict[str, object] = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative,
                                  "width": width, "height": height, "preset": preset.to_dict()}

@@ -86,3 +86,10 @@ def load_preset(name: str, overrides: list[str] | None, show: bool = False) -> A
         sys.stdout.write(presets.to_toml(preset))
         raise typer.Exit(0)
     return preset
+
+
+def runtime(preset: Any, device: str, dtype: str, low_vram: bool, compile_: bool = False) -> Any:
+    """The performance options -> a Runtime; `auto` / off defer to the preset's [perf] table."""
+    from gm.pipelines.common import runtime_for
+
+    return runtime_for(preset, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)

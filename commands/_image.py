@@ -56,12 +56,6 @@ def prepare(preset_name: str, overrides: list[str] | None, show: bool, steps: in
     return preset
 
 
-def runtime(preset: Any, device: str, dtype: str, low_vram: bool, compile_: bool = False) -> Any:
-    from gm.pipelines.common import runtime_for
-
-    return runtime_for(preset, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)
-
-
 def emit(results: Any) -> int:
     """Print each written image (path, or JSON with --json) as soon as it exists."""
     from gm.console import console

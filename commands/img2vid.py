@@ -23,6 +23,7 @@ from commands._common import (
     UnsafePickleOpt,
     load_preset,
     run,
+    runtime,
 )
 from commands._video import DecodingTOpt, FormatOpt, FpsOpt, StepsOpt, VideoOutOpt, output_spec
 
@@ -72,7 +73,6 @@ def register(app: typer.Typer) -> None:
             from gm.errors import UsageError
             from gm.io.files import expand_inputs
             from gm.io.media import IMAGE_SUFFIXES
-            from gm.pipelines.common import runtime_for
             from gm.pipelines.img2vid import run_img2vid
             from gm.pipelines.video import request_from_preset
 
@@ -84,8 +84,8 @@ def register(app: typer.Typer) -> None:
                                           decoding_t=decoding_t, fps_id=fps_id, motion_bucket_id=motion_bucket_id)
             output = output_spec("img2vid", spec.name, out, fmt, fps, default_fps=request.fps_id + 1)
             paths = expand_inputs(images, (*IMAGE_SUFFIXES, ".gif"), "image")
-            runtime = runtime_for(spec, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)
-            for result in run_img2vid(paths, spec, runtime, request, output, checkpoint, unsafe_pickle):
+            chosen = runtime(spec, device, dtype, low_vram, compile_)
+            for result in run_img2vid(paths, spec, chosen, request, output, checkpoint, unsafe_pickle):
                 console.result(result.path, input=result.record["input"], seed=result.record["seed"],
                                frames=result.record["frames"], fps=result.record["fps"])
 

@@ -23,6 +23,7 @@ from commands._common import (
     UnsafePickleOpt,
     load_preset,
     run,
+    runtime,
 )
 from commands._video import DecodingTOpt, FormatOpt, FpsOpt, StepsOpt, VideoOutOpt, output_spec
 
@@ -91,7 +92,6 @@ def register(app: typer.Typer) -> None:
             from gm.errors import UsageError
             from gm.io.files import expand_inputs
             from gm.io.media import IMAGE_SUFFIXES
-            from gm.pipelines.common import runtime_for
             from gm.pipelines.orbit import orbit_files
             from gm.pipelines.video import request_from_preset
 
@@ -105,8 +105,8 @@ def register(app: typer.Typer) -> None:
             request = request_from_preset(spec, steps=steps, seed=seed, decoding_t=decoding_t)
             output = output_spec("orbit", spec.name, out, fmt, fps, default_fps=10.0, input_suffix=".png")
             paths = expand_inputs(images, (*IMAGE_SUFFIXES, ".gif"), "image")
-            runtime = runtime_for(spec, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)
-            results = orbit_files(paths, spec, runtime, request, output,
+            chosen = runtime(spec, device, dtype, low_vram, compile_)
+            results = orbit_files(paths, spec, chosen, request, output,
                                   elevations_deg=elevation_list if elevation_list is not None else elevation,
                                   azimuths_deg=azimuth_list, frame_ratio=image_frame_ratio, remove_bg=remove_bg,
                                   checkpoint=checkpoint, unsafe_pickle=unsafe_pickle)

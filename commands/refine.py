@@ -24,8 +24,9 @@ from commands._common import (
     ShowPresetOpt,
     UnsafePickleOpt,
     run,
+    runtime,
 )
-from commands._image import CfgOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare, runtime
+from commands._image import CfgOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare
 
 HELP = (
     "Refine existing images (img2img) with the SDXL refiner or another image preset.\n\n"

@@ -24,8 +24,9 @@ from commands._common import (
     ShowPresetOpt,
     UnsafePickleOpt,
     run,
+    runtime,
 )
-from commands._image import CountOpt, emit, prepare, runtime
+from commands._image import CountOpt, emit, prepare
 
 HELP = (
     "Generate images in 1-4 steps with SDXL-Turbo or SD-Turbo (512x512).\n\n"

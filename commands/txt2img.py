@@ -25,8 +25,9 @@ from commands._common import (
     ShowPresetOpt,
     UnsafePickleOpt,
     run,
+    runtime,
 )
-from commands._image import CfgOpt, CountOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare, runtime
+from commands._image import CfgOpt, CountOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare
 
 HELP = (
     "Generate images from a prompt (SDXL base 0.9/1.0, SD 2.1 512/768).\n\n"

@@ -25,6 +25,7 @@ from commands._common import (
     ShowPresetOpt,
     load_preset,
     run,
+    runtime,
 )
 from commands.orbit import parse_list
 
@@ -92,7 +93,6 @@ def register(app: typer.Typer) -> None:
 
             from gm.console import console
             from gm.errors import UsageError
-            from gm.pipelines.common import runtime_for
             from gm.pipelines.video4d import Video4DRequest, is_sv4d, video4d
 
             spec = load_preset(preset, overrides, show_preset)
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
             )
 
             def runtime_of(p):  # noqa: ANN001, ANN202 - a Preset -> Runtime callback
-                return runtime_for(p, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)
+                return runtime(p, device, dtype, low_vram, compile_)
 
             folder = Path(out) if out else Path("outputs") / "video4d" / spec.name
             console.log(f"seed {request.seed}")

@@ -1,6 +1,6 @@
 """Released .safetensors -> modules: find the file, check it, mmap it into a meta-built model.
 
-The reference loads every checkpoint with `load_state_dict(strict=False)` and only prints what
+The reference loads every checkpoint non-strictly (`strict` off) and only prints what
 did not match (REFERENCE.md §8 item 1). Here loading is strict: the file's tensor names and
 shapes are compared with the model's before anything is read, and any difference is one error
 naming the preset, the file and the first offending tensors. Modules are built on the `meta`

@@ -137,7 +137,6 @@ def _check_common(preset: Preset, job: ImageJob) -> None:
     else:
         sigmas_for(preset.sampler)  # steps in range or a UsageError
     ensure_dir(job.out_dir)
-    find_checkpoint(preset, job.checkpoint)
 
 
 def _negative_for(engine: Engine, preset: Preset, job: ImageJob) -> str:
@@ -195,7 +194,6 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
         check_strength(refiner.strength, "--refiner-strength")
         if refiner.finish and job.init_images:
             raise UsageError("--init-image with --refiner needs --no-finish (img2img runs the base to sigma 0)")
-        find_checkpoint(refiner.preset, refiner.checkpoint)
         # The same N as the base, so that the refiner's schedule starts where the base stopped.
         synced = presets.replace(refiner.preset, "sampler", steps=preset.sampler.steps)
         refiner = dataclasses.replace(refiner, preset=synced)
@@ -226,6 +224,8 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
             raise UsageError(f"refiner schedule starts at sigma {float(refiner_sigmas[0]):.4f} but the base stops "
                              f"at {float(sigmas[-1]):.4f}",
                              "give the base and the refiner the same discretization (--set sampler.discretization=...)")
+    if refiner is not None:  # fail before the base samples, not after
+        find_checkpoint(refiner.preset, refiner.checkpoint)
     engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
     negative = _negative_for(engine, preset, job)
     spec = TextCondition(job.prompt, negative, height, width,

@@ -78,7 +78,7 @@ class SV4DUNet(UNet):
             4 * cfg.model_channels,
             out_channels,
             dropout=cfg.dropout,
-            time_kernel_size=cfg.time_kernel_size,
+            video_kernel_size=cfg.time_kernel_size,
             merge_strategy=cfg.time_block_merge_strategy,
             merge_factor=cfg.time_block_merge_factor,
         )

@@ -23,8 +23,7 @@ from torch import nn
 
 from gm.nn.blocks import Cond
 from gm.nn.embeddings import embed_mlp, timestep_embedding
-from gm.nn.resblock import ResBlock
-from gm.nn.temporal import AlphaBlender, MergeStrategy, VideoTransformerBlock, from_video, to_video
+from gm.nn.temporal import AlphaBlender, MergeStrategy, VideoResBlock, VideoTransformerBlock
 from gm.nn.transformer import SpatialTransformer
 
 
@@ -41,33 +40,15 @@ def _no_images(rows: int, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros(rows, 1, device=like.device, dtype=like.dtype)
 
 
-class PostHocResBlock(ResBlock):
-    """ResBlock per image, then a (3, 1, 1) 3-D ResBlock over the flattened (frame, view) axis."""
+class PostHocResBlock(VideoResBlock):
+    """ResBlock per image, then a (3, 1, 1) 3-D ResBlock over the flattened (frame, view) axis; the
+    reference multiplies the image-only indicator by 0 here, so the learned mix always applies."""
 
-    def __init__(
-        self,
-        channels: int,
-        emb_channels: int,
-        out_channels: int | None = None,
-        dropout: float = 0.0,
-        time_kernel_size: int | tuple[int, ...] = 3,
-        merge_strategy: MergeStrategy = "fixed",
-        merge_factor: float = 0.5,
-    ) -> None:
-        super().__init__(channels, emb_channels, out_channels, dropout=dropout)
-        out_channels = out_channels or channels
-        self.time_mix_blocks = ResBlock(
-            out_channels, emb_channels, out_channels, dropout=dropout, dims=3, kernel_size=time_kernel_size
-        )
-        self.time_mixer = AlphaBlender(merge_factor, merge_strategy, "video")
+    time_block_name = "time_mix_blocks"
 
-    def forward(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:
-        n = cond.num_frames
-        spatial = to_video(super().forward(x, cond), n)  # (b, C, T*V, H, W)
-        temporal = self.time_mix_blocks.residual(spatial, cond.emb.unflatten(0, (-1, n)))  # emb (b, T*V, E)
+    def mix_indicator(self, cond: Cond) -> torch.Tensor:
         assert cond.image_only_indicator is not None
-        indicator = torch.zeros_like(cond.image_only_indicator)  # the reference multiplies it by 0
-        return from_video(self.time_mixer(spatial, temporal, indicator))
+        return torch.zeros_like(cond.image_only_indicator)
 
 
 class MultiviewTransformer(SpatialTransformer):

@@ -71,7 +71,13 @@ def from_video(x: torch.Tensor) -> torch.Tensor:
 
 
 class VideoResBlock(ResBlock):
-    """ResBlock per frame, then `time_stack` (3-D ResBlock, kernel video_kernel_size) across frames."""
+    """ResBlock per frame, then `time_stack` (3-D ResBlock, kernel video_kernel_size) across frames.
+
+    SV4D's PostHocResBlock is the same block under another checkpoint name; subclasses set
+    `time_block_name` and may override `mix_indicator`.
+    """
+
+    time_block_name = "time_stack"  # checkpoint key of the temporal 3-D ResBlock
 
     def __init__(
         self,
@@ -85,16 +91,20 @@ class VideoResBlock(ResBlock):
     ) -> None:
         super().__init__(channels, emb_channels, out_channels, dropout=dropout)
         out_channels = out_channels or channels
-        self.time_stack = ResBlock(
-            out_channels, emb_channels, out_channels, dropout=dropout, dims=3, kernel_size=video_kernel_size
-        )
+        temporal = ResBlock(out_channels, emb_channels, out_channels, dropout=dropout, dims=3,
+                            kernel_size=video_kernel_size)
+        self.add_module(self.time_block_name, temporal)
         self.time_mixer = AlphaBlender(merge_factor, merge_strategy, "video")
+
+    def mix_indicator(self, cond: Cond) -> torch.Tensor | None:
+        return cond.image_only_indicator
 
     def forward(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:
         t = cond.num_frames
         spatial = to_video(super().forward(x, cond), t)  # (b, C, t, H, W)
-        temporal = self.time_stack.residual(spatial, cond.emb.unflatten(0, (-1, t)))  # emb (b, t, E)
-        return from_video(self.time_mixer(spatial, temporal, cond.image_only_indicator))
+        temporal_block = getattr(self, self.time_block_name)
+        temporal = temporal_block.residual(spatial, cond.emb.unflatten(0, (-1, t)))  # emb (b, t, E)
+        return from_video(self.time_mixer(spatial, temporal, self.mix_indicator(cond)))
 
 
 class VideoTransformerBlock(nn.Module):

@@ -40,6 +40,16 @@ def default_azimuths(frames: int) -> np.ndarray:
     return np.linspace(0, 360, frames + 1)[1:] % 360
 
 
+def per_view(elevations_deg: float | Sequence[float], n: int, what: str, hint: str) -> np.ndarray:
+    """One elevation for every view (a scalar is repeated), as float64; a wrong count is a UsageError."""
+    if isinstance(elevations_deg, (int, float)):
+        return np.full(n, float(elevations_deg))
+    elevations = np.asarray(list(elevations_deg), dtype=np.float64)
+    if elevations.shape != (n,):
+        raise UsageError(f"--elevations needs {n} values {what}, got {elevations.size}", hint)
+    return elevations
+
+
 def camera(frames: int, elevations_deg: float | Sequence[float],
            azimuths_deg: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(polars_rad, azimuths_rad), float64, one per frame, exactly as the reference computes them.
@@ -47,13 +57,7 @@ def camera(frames: int, elevations_deg: float | Sequence[float],
     Raises UsageError (exit 2) on a wrong count or a value out of range: elevations in [-90, 90],
     azimuths in [0, 360).
     """
-    if isinstance(elevations_deg, (int, float)):
-        elevations = np.full(frames, float(elevations_deg))
-    else:
-        elevations = np.asarray(list(elevations_deg), dtype=np.float64)
-    if elevations.shape != (frames,):
-        raise UsageError(f"--elevations needs {frames} values (one per frame), got {elevations.size}",
-                         "or give one --elevation for the whole orbit")
+    elevations = per_view(elevations_deg, frames, "(one per frame)", "or give one --elevation for the whole orbit")
     if ((elevations < -90) | (elevations > 90)).any() or not np.isfinite(elevations).all():
         bad = elevations[~((elevations >= -90) & (elevations <= 90))][0]
         raise UsageError(f"elevation {bad:g} is outside [-90, 90] degrees")

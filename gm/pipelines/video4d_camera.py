@@ -17,6 +17,7 @@ import numpy as np
 
 from gm.errors import UsageError
 from gm.pipelines.orbit import camera as orbit_camera
+from gm.pipelines.orbit import per_view
 
 SV3D_FRAMES = 21
 SV4D_SUBSET = (0, 2, 5, 7, 9, 12, 14, 16, 19)  # rolled orbit indices: the input + 8 novel views
@@ -45,13 +46,7 @@ def sv4d2_camera(views: int, elevations_deg: float | Sequence[float] = 0.0,
     (index 0 = the input view). polar = (p_i - p_0 + pi/2) mod 2pi; azimuths are made relative to
     the last entry, then to entry 0."""
     n = views + 1
-    if isinstance(elevations_deg, (int, float)):
-        elevations = np.full(n, float(elevations_deg))
-    else:
-        elevations = np.asarray(list(elevations_deg), dtype=np.float64)
-    if elevations.shape != (n,):
-        raise UsageError(f"--elevations needs {n} values (input view first), got {elevations.size}",
-                         "or give one --elevation for every view")
+    elevations = per_view(elevations_deg, n, "(input view first)", "or give one --elevation for every view")
     if azimuths_deg is None:
         if views not in SV4D2_AZIMUTHS:
             raise UsageError(f"no default azimuths for {views} views", f"give --azimuths with {n} values")

@@ -3,7 +3,8 @@
 Results are one path per line (or one JSON object per line with --json) so that gm composes in
 shell pipelines (`gm txt2img "a fox" | gm img2vid -`). Progress bars (Rich) show it/s or s/it,
 ETA and, on CUDA, GPU memory in use / peak; they are drawn only when stderr is a terminal and
---quiet is off. Warnings always reach stderr unless --quiet.
+--quiet is off. Warnings always reach stderr unless --quiet. Log, warning and error lines are
+never hard-wrapped (soft_wrap), so each stays one line for grep and log files whatever the width.
 """
 
 from __future__ import annotations
@@ -82,11 +83,11 @@ class Console:
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(message, markup=False, highlight=False)
+            self.err.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+            self.err.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 
     def error(self, message: str) -> None:
         self.err.print(f"gm: error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)

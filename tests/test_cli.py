@@ -75,3 +75,23 @@ def test_error_boundary_one_line_and_exit_codes() -> None:
     assert r.exit_code == 0 and r.stdout == "out/1.png\n"
     r = runner.invoke(demo, ["ok", "--as-json"])
     assert json.loads(r.stdout) == {"path": "out/1.png", "seed": 3}
+
+
+def test_log_lines_are_not_wrapped_on_a_narrow_stderr() -> None:
+    """A long log/warning line stays one line (grep-able) whatever the console width."""
+    import io
+
+    from rich.console import Console as RichConsole
+
+    from gm.console import Console
+
+    buffer = io.StringIO()
+    con = Console(err=RichConsole(file=buffer, width=40, highlight=False))
+    long_path = "/a/very/long/folder/name/that/goes/on/and/on/input.png"
+    con.log(f"{long_path}: 256x144 resized to cover 96x64 and centre-cropped")
+    con.warn("frames of 96x64 are too small for the invisible watermark (needs 256x256 pixels)")
+    lines = buffer.getvalue().splitlines()
+    assert lines == [
+        f"{long_path}: 256x144 resized to cover 96x64 and centre-cropped",
+        "warning: frames of 96x64 are too small for the invisible watermark (needs 256x256 pixels)",
+    ]

@@ -35,6 +35,17 @@ def check_sampler(name: str | None) -> None:
         raise UsageError(f"unknown sampler {name!r}", f"use one of {', '.join(SAMPLERS)}")
 
 
+def requires(needed: str, present: bool, given: dict[str, bool]) -> None:
+    """Options that only mean something with `needed` ({option: was it set}): an error when `needed`
+    is absent, rather than silently ignoring them."""
+    from gm.errors import UsageError
+
+    used = [option for option, on in given.items() if on]
+    if used and not present:
+        raise UsageError(f"{' and '.join(used)} need{'s' * (len(used) == 1)} {needed}",
+                         f"add {needed} or drop {' and '.join(used)}")
+
+
 def prepare(preset_name: str, overrides: list[str] | None, show: bool, steps: int | None, sampler: str | None,
             cfg: float | None) -> Any:
     """Load the preset, write the command-line choices into it, and with --show-preset print it."""

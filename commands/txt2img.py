@@ -27,7 +27,7 @@ from commands._common import (
     run,
     runtime,
 )
-from commands._image import CfgOpt, CountOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare
+from commands._image import CfgOpt, CountOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare, requires
 
 HELP = (
     "Generate images from a prompt (SDXL base 0.9/1.0, SD 2.1 512/768).\n\n"
@@ -55,8 +55,9 @@ def register(app: typer.Typer) -> None:
         init_image: Annotated[Path | None, typer.Option("--init-image", help="Start from this image (img2img); its "
                                                         "size floored to 64 unless --width/--height/--aspect.",
                                                         rich_help_panel=MAIN)] = None,
-        strength: Annotated[float, typer.Option("--strength", help="img2img: how much of the schedule to run, in "
-                                                "(0, 1]; 1 = from pure noise.", rich_help_panel=MAIN)] = 0.75,
+        strength: Annotated[float | None, typer.Option("--strength", help="img2img: how much of the schedule to run, "
+                                                       "in (0, 1]; 1 = from pure noise (default 0.75).",
+                                                       rich_help_panel=MAIN)] = None,
         steps: StepsOpt = None,
         sampler: SamplerOpt = None,
         cfg: CfgOpt = None,
@@ -65,11 +66,12 @@ def register(app: typer.Typer) -> None:
         refiner: Annotated[str | None, typer.Option("--refiner", metavar="PRESET", help="Finish with a refiner, e.g. "
                                                     "sdxl-refiner-1.0 (same steps/sampler/CFG).",
                                                     rich_help_panel=SAMPLING)] = None,
-        refiner_strength: Annotated[float, typer.Option("--refiner-strength", help="Share of the schedule the "
-                                                        "refiner runs.", rich_help_panel=SAMPLING)] = 0.15,
-        finish: Annotated[bool, typer.Option("--finish/--no-finish", help="Hand the still-noisy latent to the refiner "
-                                             "(default), or let the base finish and refine the clean latent with "
-                                             "fresh noise.", rich_help_panel=SAMPLING)] = True,
+        refiner_strength: Annotated[float | None, typer.Option("--refiner-strength", help="Share of the schedule "
+                                                               "the refiner runs (default 0.15).",
+                                                               rich_help_panel=SAMPLING)] = None,
+        finish: Annotated[bool | None, typer.Option("--finish/--no-finish", help="Hand the still-noisy latent to the "
+                                                    "refiner (default), or let the base finish and refine the clean "
+                                                    "latent with fresh noise.", rich_help_panel=SAMPLING)] = None,
         refiner_checkpoint: Annotated[str | None, typer.Option("--refiner-checkpoint", metavar="FILE",
                                                                help="Checkpoint file of the refiner.",
                                                                rich_help_panel=MAIN)] = None,
@@ -89,16 +91,21 @@ def register(app: typer.Typer) -> None:
         def body() -> None:
             from gm.pipelines.image import ImageJob, RefinerPlan, txt2img
 
+            requires("--init-image", init_image is not None, {"--strength": strength is not None})
+            requires("--refiner", refiner is not None, {"--refiner-strength": refiner_strength is not None,
+                                                        "--finish/--no-finish": finish is not None,
+                                                        "--refiner-checkpoint": refiner_checkpoint is not None})
             chosen = prepare(preset, overrides, show_preset, steps, sampler, cfg)
             plan = None
             if refiner is not None:
                 refiner_preset = prepare(refiner, None, False, steps, sampler, cfg)
-                plan = RefinerPlan(refiner_preset, refiner_strength, finish, refiner_checkpoint)
+                plan = RefinerPlan(refiner_preset, 0.15 if refiner_strength is None else refiner_strength,
+                                   finish is not False, refiner_checkpoint)
             job = ImageJob(
                 command="txt2img", prompt=prompt, negative=negative,
                 seed=chosen.defaults.seed if seed is None else seed, count=num, out_dir=Path(out),
-                width=width, height=height, aspect=aspect,
-                init_images=(init_image,) if init_image is not None else (), strength=strength,
+                width=width, height=height, aspect=aspect, init_images=(init_image,) if init_image is not None else (),
+                strength=0.75 if strength is None else strength,
                 refiner=plan, checkpoint=checkpoint, unsafe_pickle=unsafe_pickle,
             )
             emit(txt2img(chosen, runtime(chosen, device, dtype, low_vram, compile_), job))

@@ -10,7 +10,6 @@ and attached with `load_state_dict(assign=True)`: no random init, no second copy
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -146,6 +145,25 @@ def mismatch_message(label: str, missing: list[str], unexpected: list[str], shap
     return f"{label} does not match: " + "; ".join(parts)
 
 
+def matched_keys(module, header: dict[str, tuple[str, tuple[int, ...]]], *, layout: str = "sgm",
+                 optional: Iterable[str] = (), label: str) -> dict[str, str]:
+    """Module key -> file key, after checking that names and shapes match exactly (else one error)."""
+    renamed = {}
+    for key in header:
+        new = map_key(key, layout)
+        if new is not None:
+            renamed[new] = key
+    expected = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+    found = {k: header[src][1] for k, src in renamed.items()}
+    missing, unexpected, shapes = compare(expected, found, optional)
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            mismatch_message(label, missing, unexpected, shapes),
+            "is this the right checkpoint for the preset? see `gm download --list`",
+        )
+    return {k: renamed[k] for k in expected}
+
+
 def load_into(
     module,
     path: Path,
@@ -165,7 +183,7 @@ def load_into(
     """
     import torch
 
-    label = label or str(path)
+    label = f"{label or path}: {path.name}"
     if unsafe_pickle and path.suffix in PICKLE_SUFFIXES:
         pickled = load_pickle_state(path)
         header = {k: (str(v.dtype), tuple(v.shape)) for k, v in pickled.items()}
@@ -173,19 +191,7 @@ def load_into(
     else:
         header = read_header(path)
         get = None
-    renamed = {}
-    for key in header:
-        new = map_key(key, layout)
-        if new is not None:
-            renamed[new] = key
-    expected = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
-    found = {k: header[src][1] for k, src in renamed.items()}
-    missing, unexpected, shapes = compare(expected, found, optional)
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            mismatch_message(f"{label}: {path.name}", missing, unexpected, shapes),
-            "is this the right checkpoint for the preset? see `gm download --list`",
-        )
+    keys = matched_keys(module, header, layout=layout, optional=optional, label=label)
 
     def convert(key: str, tensor):
         dtype = dtype_for(key) if dtype_for is not None else None
@@ -195,12 +201,12 @@ def load_into(
 
     try:
         if get is not None:
-            state = {key: convert(key, get(renamed[key])) for key in expected}
+            state = {key: convert(key, get(src)) for key, src in keys.items()}
         else:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt", device=str(device)) as f:
-                state = {key: convert(key, f.get_tensor(renamed[key])) for key in expected}
+                state = {key: convert(key, f.get_tensor(src)) for key, src in keys.items()}
     except (OSError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot read tensors ({err})", "download it again") from None
     module.load_state_dict(state, strict=True, assign=True)
@@ -222,29 +228,22 @@ def materialize_buffers(module, device) -> None:
         raise CheckpointError(f"internal error: tensors left unmaterialised after loading: {left[:_SHOW]}")
 
 
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None, chunk: int = 1 << 24) -> str:
-    """Hex sha256 of a file, read in chunks (`progress(nbytes)` after each)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            if progress is not None:
-                progress(len(block))
-    return h.hexdigest()
-
-
-def verify_sha256(path: Path, expected: str, progress: Callable[[int], None] | None = None) -> None:
-    got = sha256_file(path, progress)
-    if got != expected.lower():
-        raise CheckpointError(
-            f"{path}: sha256 mismatch (expected {expected[:12]}…, got {got[:12]}…)",
-            "the file is corrupt or not the released one; delete it and run `gm download` again",
-        )
-
-
 def load_pickle_state(path: Path) -> dict:
-    """A .ckpt/.pt state dict, only when the user asked for it (--unsafe-pickle)."""
+    """The tensors of a .ckpt/.pt state dict, only when the user asked for it (--unsafe-pickle).
+    Zip-format files (torch >= 1.6) are mmapped; legacy-format ones cannot be and are read whole."""
+    import zipfile
+
     import torch
 
-    obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # pickle, zip and torch errors alike: the file is not a loadable state dict
+        why = ("it holds objects other than tensors, which weights-only loading refuses"
+               if "Weights only load failed" in str(err) else "corrupt, truncated or not a PyTorch checkpoint")
+        raise CheckpointError(f"{path}: cannot read this pickle checkpoint: {why}",
+                              "use the .safetensors release file, or download it again") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    if not tensors:
+        raise CheckpointError(f"{path}: holds no state dict of tensors", "use the .safetensors release file")
+    return tensors

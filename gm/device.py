@@ -25,9 +25,14 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("--device mps: Apple MPS is not available", "use --device cpu or auto")
     try:
-        return torch.device(name)
+        target = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device", "use auto, cuda, cuda:N, mps or cpu") from None
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {name}: there is no CUDA GPU {target.index} ({count} found)",
+                         f"use --device cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}")
+    return target
 
 
 def pick_dtype(name: str, device: torch.device, gpu_default: str = "fp16") -> torch.dtype:

@@ -135,6 +135,35 @@ def test_pickle_refused_unless_asked(tmp_path: Path) -> None:
     assert torch.equal(model.model.diffusion_model.bias, reference_state()["model.diffusion_model.bias"])
 
 
+def test_unsafe_pickle_reads_legacy_files_and_refuses_bad_ones_in_one_line(tmp_path: Path) -> None:
+    """--unsafe-pickle: a pre-1.6 (non-zip) .ckpt loads without mmap; a corrupt, truncated or
+    object-carrying pickle is a CheckpointError, never a torch traceback."""
+    import fractions
+
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": reference_state(), "global_step": 7}, str(legacy), _use_new_zipfile_serialization=False)
+    model = meta_tiny()
+    checkpoint.load_into(model, legacy, unsafe_pickle=True)
+    assert torch.equal(model.conditioner.embedders[0].model.weight, reference_state()["conditioner.embedders.0.model.weight"])
+    good = tmp_path / "good.ckpt"
+    torch.save(reference_state(), str(good))
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[:200])
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"hello")
+    for path in (cut, junk):
+        with pytest.raises(CheckpointError, match="cannot read this pickle checkpoint: corrupt, truncated"):
+            checkpoint.load_into(meta_tiny(), path, unsafe_pickle=True)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({**reference_state(), "x": fractions.Fraction(1, 2)}, str(evil))
+    with pytest.raises(CheckpointError, match="objects other than tensors"):
+        checkpoint.load_into(meta_tiny(), evil, unsafe_pickle=True)
+    empty = tmp_path / "empty.ckpt"
+    torch.save({"epoch": 3}, str(empty))
+    with pytest.raises(CheckpointError, match="no state dict of tensors"):
+        checkpoint.load_into(meta_tiny(), empty, unsafe_pickle=True)
+
+
 def preset_for(tmp_path: Path) -> presets.Preset:
     text = '''name = "tiny"\nfamily = "image"\n[checkpoint]\nfile = "tiny.safetensors"\n[network]\narch = "unet"\n'''
     (tmp_path / "tiny.toml").write_text(text)
@@ -161,13 +190,3 @@ def test_search_order_and_not_found_message(tmp_path: Path, monkeypatch: pytest.
     assert checkpoint.find_checkpoint(p, explicit) == explicit
     with pytest.raises(CheckpointError, match="check the --checkpoint path"):
         checkpoint.find_checkpoint(p, tmp_path / "nope.safetensors")
-
-
-def test_sha256(tmp_path: Path) -> None:
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"abc")
-    digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    assert checkpoint.sha256_file(path) == digest
-    checkpoint.verify_sha256(path, digest.upper())
-    with pytest.raises(CheckpointError, match="sha256 mismatch"):
-        checkpoint.verify_sha256(path, "0" * 64)

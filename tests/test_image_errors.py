@@ -79,6 +79,20 @@ def test_missing_refiner_checkpoint_fails_before_sampling(gm, tmp_path: Path) ->
     assert list(out.iterdir()) == []
 
 
+def test_refiner_checkpoint_of_another_model_fails_before_the_base_samples(
+        gm, checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refiner's file is matched (names and shapes, from its header) before the base runs, not after."""
+    from gm.pipelines import image as image_pipeline
+
+    sampled: list[str] = []
+    monkeypatch.setattr(image_pipeline, "run_sampler", lambda *a, **k: sampled.append("x"))
+    out = tmp_path / "o"
+    fails(gm("txt2img", "a fox", "-p", BASE, "--refiner", str(PRESETS / "tiny-sdxl-refiner.toml"),
+             "--refiner-checkpoint", str(checkpoints / "tiny-sd21.safetensors"), "-o", str(out)), 1,
+          "preset tiny-sdxl-refiner: tiny-sd21.safetensors does not match", "missing")
+    assert sampled == [] and list(out.iterdir()) == []
+
+
 def test_checkpoint_of_another_model_is_a_strict_error(gm, checkpoints: Path, tmp_path: Path) -> None:
     other = str(checkpoints / "tiny-sd21.safetensors")
     fails(gm("txt2img", "a fox", "-p", BASE, "--checkpoint", other, "-o", str(tmp_path)), 1, "does not match",
@@ -98,6 +112,13 @@ def test_checkpoint_of_another_model_is_a_strict_error(gm, checkpoints: Path, tm
     (("--refiner", SD21, "--init-image", __file__), "needs --no-finish"),
     (("--seed", "-1"), "--seed must be in [0, 2^64)"),
     (("--seed", str(2**64 - 1), "-n", "2"), "--seed must be in [0, 2^64)"),
+    (("--cfg", "nan"), "--cfg must be a finite number"),
+    # Options that would otherwise be silently ignored.
+    (("--strength", "0.5"), "--strength needs --init-image"),
+    (("--no-finish",), "--finish/--no-finish needs --refiner"),
+    (("--refiner-strength", "0.3", "--refiner-checkpoint", "x.safetensors"),
+     "--refiner-strength and --refiner-checkpoint need --refiner"),
+    (("--aspect", "1:1", "-W", "64"), "--aspect picks the size itself"),
 ])
 def test_usage_errors_exit_2(gm, tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
     fails(gm("txt2img", "a fox", "-p", SD21, *args, "-o", str(tmp_path / "o")), 2, needle)

@@ -347,3 +347,42 @@ def test_refiner_uc_encodes_the_negative_with_aesthetic_2_5(checkpoints: Path) -
     outdim = preset.conditioner[-1]["outdim"]
     assert torch.equal(c["vector"][:, -outdim:], timestep_embedding(torch.tensor([6.0]), outdim))
     assert torch.equal(uc["vector"][:, -outdim:], timestep_embedding(torch.tensor([2.5]), outdim))
+
+
+def test_refiner_and_refine_outputs_are_watermarked_and_detected(gm, tmp_path: Path) -> None:
+    """`gm txt2img --refiner` and `gm refine` PNGs carry the mark: `gm detect-watermark` reads >= 36/48 bits."""
+    handed = gm("txt2img", "a fox", "-p", BASE, "--refiner", REFINER, "--steps", "2", "-W", "256", "-H", "256",
+                "--quiet", "-o", str(tmp_path / "a"))
+    assert handed.exit_code == 0, handed.output
+    refined = gm("refine", "-", "-p", REFINER, "--steps", "2", "--quiet", "-o", str(tmp_path / "b"),
+                 stdin=handed.stdout)
+    assert refined.exit_code == 0, refined.output
+    paths = [handed.stdout.strip(), refined.stdout.strip()]
+    assert [record(p)[1]["watermark"] for p in paths] == [True, True]
+    detected = gm("detect-watermark", "--json", "--require", *paths)
+    assert detected.exit_code == 0, detected.output
+    assert [json.loads(line)["bits"] >= 36 for line in detected.stdout.splitlines()] == [True, True]
+
+
+def test_cfg_1_runs_one_unet_batch_and_encodes_no_uc(gm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CFG is one [uc; c] batch of 2 per UNet call; at --cfg 1 the uncond pass (and its negative prompt) is skipped."""
+    from gm.models.unet import UNet
+
+    batches: list[int] = []
+    original = UNet.forward
+
+    def spy(self, x, *args, **kwargs):
+        batches.append(x.shape[0])
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(UNet, "forward", spy)
+    args = ("txt2img", "a cat", "-p", SD21, "--negative", "ugly", "--steps", "2", "--seed", "1", "--quiet")
+    guided = gm(*args, "-o", str(tmp_path / "a"))
+    assert guided.exit_code == 0 and batches == [2, 2]
+    batches.clear()
+    plain = gm(*args, "--cfg", "1", "-o", str(tmp_path / "b"))
+    assert plain.exit_code == 0 and batches == [1, 1]
+    assert "CFG scale: 1.0" in record(plain.stdout.strip())[0]
+    # Same image as the conditional branch alone: the identity guider on c with the same noise.
+    alone = gm(*args[:4], *args[6:], "--set", "guider.kind=identity", "-o", str(tmp_path / "c"))
+    assert np.array_equal(pixels(plain.stdout.strip()), pixels(alone.stdout.strip()))

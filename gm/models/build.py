@@ -174,6 +174,28 @@ def precision_map(dtype: torch.dtype, vae_dtype: torch.dtype) -> Callable[[str],
     return dtype_for
 
 
+def _meta_engine(preset: Preset, checkpoint: str | Path | None) -> tuple[Path, Engine]:
+    from gm.checkpoint import find_checkpoint
+
+    path = find_checkpoint(preset, checkpoint)
+    with torch.device("meta"):
+        return path, build_engine(preset)
+
+
+def check_engine_file(preset: Preset, checkpoint: str | Path | None = None, unsafe_pickle: bool = False) -> Path:
+    """Find `preset`'s checkpoint and match its tensor names and shapes with the model from the
+    safetensors header alone (nothing is read or built for real): a stage that runs later, such as
+    the refiner, fails before minutes of work instead of after. Pickle files are only found."""
+    from gm.checkpoint import PICKLE_SUFFIXES, matched_keys, read_header
+
+    path, engine = _meta_engine(preset, checkpoint)
+    if not (unsafe_pickle and path.suffix in PICKLE_SUFFIXES):
+        assert preset.checkpoint is not None
+        matched_keys(engine, read_header(path), layout=preset.checkpoint.layout,
+                     optional=preset.checkpoint.optional, label=f"preset {preset.name}: {path.name}")
+    return path
+
+
 def load_engine(
     preset: Preset,
     checkpoint: str | Path | None = None,
@@ -184,11 +206,9 @@ def load_engine(
     unsafe_pickle: bool = False,
 ) -> Engine:
     """Build `preset` on the meta device and strictly load its checkpoint onto `device`."""
-    from gm.checkpoint import find_checkpoint, load_into
+    from gm.checkpoint import load_into
 
-    path = find_checkpoint(preset, checkpoint)
-    with torch.device("meta"):
-        engine = build_engine(preset)
+    path, engine = _meta_engine(preset, checkpoint)
     assert preset.checkpoint is not None
     load_into(
         engine,

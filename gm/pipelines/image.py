@@ -19,6 +19,7 @@ and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +30,13 @@ import torch
 
 from gm import device as dev
 from gm import presets
-from gm.checkpoint import find_checkpoint
 from gm.console import console
 from gm.diffusion import guiders
 from gm.diffusion.samplers import NoiseFn
 from gm.diffusion.schedules import img2img_sigmas, start_scale, turbo_sigmas, txt2noisy_sigmas
 from gm.errors import UsageError
 from gm.io.files import ensure_dir
-from gm.models.build import Engine
+from gm.models.build import Engine, check_engine_file
 from gm.pipelines.common import (
     Runtime,
     denoiser_for,
@@ -103,6 +103,8 @@ def effective_preset(preset: Preset, steps: int | None, sampler: str | None, cfg
     if sampler is not None:
         preset = presets.replace(preset, "sampler", name=sampler)
     if cfg is not None:
+        if not math.isfinite(cfg):
+            raise UsageError(f"--cfg must be a finite number, got {cfg}", "e.g. --cfg 7")
         preset = presets.replace(preset, "guider", scale=cfg)
     return preset
 
@@ -202,6 +204,8 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
         check_strength(job.strength, "--strength")
         init_w, init_h = native_size(job.init_images[0])
     if job.aspect is not None:
+        if job.width is not None or job.height is not None:
+            raise UsageError("--aspect picks the size itself", "drop --width/--height, or drop --aspect")
         width, height = aspect_size(job.aspect, preset.defaults.width, preset.defaults.height)
     elif job.width is not None or job.height is not None or not job.init_images:
         width = preset.defaults.width if job.width is None else job.width
@@ -224,8 +228,8 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
             raise UsageError(f"refiner schedule starts at sigma {float(refiner_sigmas[0]):.4f} but the base stops "
                              f"at {float(sigmas[-1]):.4f}",
                              "give the base and the refiner the same discretization (--set sampler.discretization=...)")
-    if refiner is not None:  # fail before the base samples, not after
-        find_checkpoint(refiner.preset, refiner.checkpoint)
+    if refiner is not None:  # a missing or mismatched refiner file fails before the base samples, not after
+        check_engine_file(refiner.preset, refiner.checkpoint, job.unsafe_pickle)
     engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
     negative = _negative_for(engine, preset, job)
     spec = TextCondition(job.prompt, negative, height, width,

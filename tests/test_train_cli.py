@@ -116,6 +116,19 @@ def test_bad_inputs(tmp_path: Path) -> None:
     assert res.returncode == 1 and "unknown key 'learning_rat'" in res.stderr and "Traceback" not in res.stderr
     res = _gm("mnist-cond", "--out", "m", cwd=tmp_path)
     assert res.returncode == 1 and "gm download mnist" in res.stderr
+    assert not (tmp_path / "m").exists()  # a failed start leaves no run folder to block `--out m`
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    (idx / "train-images-idx3-ubyte").write_bytes(b"\x12\x34\x08\x03" + bytes(64))
+    (idx / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + bytes(4))
+    res = _gm("mnist-cond", "--set", f"data.root='{idx}'", "--out", "m", cwd=tmp_path)
+    assert res.returncode == 1 and "not an IDX ubyte file (bad header 12340803)" in res.stderr
+    assert "gm download mnist" in res.stderr and "Traceback" not in res.stderr and not (tmp_path / "m").exists()
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "keep.txt").write_text("mine")
+    res = _gm(str(preset), "--out", "m", cwd=tmp_path)
+    assert res.returncode == 2 and "--out m exists" in res.stderr
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["keep.txt"]
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.toml").write_text(preset.read_text())
     res = _gm("--resume", "empty", cwd=tmp_path)

@@ -36,6 +36,7 @@ from gm.train.run import (
     find_run,
     init_distributed,
     new_run_dir,
+    out_dir,
     resolve_preset,
     share_path,
 )
@@ -94,9 +95,7 @@ def train(opts: TrainOptions) -> TrainResult:
         torch.set_num_threads(cfg.num_threads)
     apply_speed_settings(device)
     if run_dir is None and d.main:
-        run_dir = new_run_dir(opts, preset.name)
-        (run_dir / "config.toml").write_text(presets.to_toml(preset))
-    run_dir = share_path(run_dir, d)
+        out_dir(opts)  # a usage error now, not after loading the data
 
     # data
     if data_cfg.kind == "webdataset":
@@ -128,9 +127,13 @@ def train(opts: TrainOptions) -> TrainResult:
             objective, device_ids=[device.index] if device.type == "cuda" else None)
     generator = cpu_generator(cfg.seed + 1)
     step = epoch = batch_idx = 0
-    if opts.resume:
+    if run_dir is not None:
         step, epoch, batch_idx = _restore(run_dir, engine, opt, ema, generator)
         console.log(f"resumed {run_dir} at step {step}")
+    elif d.main:  # data and model are ready: only now does the run folder appear
+        run_dir = new_run_dir(opts, preset.name)
+        (run_dir / "config.toml").write_text(presets.to_toml(preset))
+    run_dir = share_path(run_dir, d)
 
     per_epoch = source.batches_per_epoch
     total = cfg.max_steps or (cfg.max_epochs * per_epoch if per_epoch else 0)

@@ -97,12 +97,21 @@ def resolve_preset(opts: TrainOptions, run_dir: Path | None) -> Preset:
     return preset
 
 
+def out_dir(opts: TrainOptions) -> Path | None:
+    """--out, checked early (before data and model are loaded): it must be new or empty."""
+    if not opts.out:
+        return None
+    path = Path(opts.out).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UsageError(f"--out {path} exists and is not an empty folder", "pick a new folder or --resume it")
+    return path
+
+
 def new_run_dir(opts: TrainOptions, name: str) -> Path:
-    if opts.out:
-        path = Path(opts.out).expanduser()
-        if path.exists() and any(path.iterdir()):
-            raise UsageError(f"--out {path} exists and is not empty", "pick a new folder or --resume it")
-    else:
+    """Create the run folder. Called only once data and model are ready, so that a failed start
+    (missing data, a bad preset) leaves no half run behind to block the same --out next time."""
+    path = out_dir(opts)
+    if path is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(opts.runs_root) / f"{stamp}-{name}"
         k = 1

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from gm.hub import Item, Status
 
 HELP = """Fetch checkpoints (by preset name), datasets (mnist, cifar10) and auxiliary models
-(rembg-u2net, rembg-bria: background removal for orbit/video4d), then verify them.
+(rembg-u2net, rembg-bria: background removal for orbit/video4d; sdxl-vae, clip-vit-large-patch14:
+the frozen parts of the latent training presets), then verify them.
 
 Checkpoints come from the Hugging Face Hub into --dir, else $GM_CHECKPOINTS, else ./checkpoints
 (HF_ENDPOINT and HF_TOKEN are honoured; gated repositories need their licence accepted on the

@@ -30,6 +30,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class RemoteFile:
     name: str  # file name in the item's folder
     repo: str = ""  # Hugging Face repository (checkpoints)
+    path: str = ""  # the file's path in `repo` when it differs from `name`
     url: str = ""  # plain URL (datasets, auxiliary models)
     sha256: str = ""
     md5: str = ""
@@ -63,6 +64,15 @@ DATASETS = (
         RemoteFile("cifar-10-python.tar.gz", url=CIFAR_URL, md5="c58f30108f718f92721af3b95e74349a", size=170498071),
     ), 0.17, "free for research (A. Krizhevsky)", extract="cifar-10-batches-py"),
 )
+# Pretrained parts of the latent training presets that their checkpoints do not hold (REFERENCE
+# §7.2 sdxl-vae, §7.3 CLIP-L), saved under the names [train].vae_checkpoint / clip_checkpoint use.
+FROZEN = (
+    Item("sdxl-vae", "checkpoint", (RemoteFile("sdxl_vae.safetensors", repo="stabilityai/sdxl-vae"),),
+         0.33, "MIT", note="frozen first stage of imagenet-f8-cond and txt2img-clipl"),
+    Item("clip-vit-large-patch14", "checkpoint", (RemoteFile(
+        "clip-vit-large-patch14.safetensors", repo="openai/clip-vit-large-patch14", path="model.safetensors"),),
+        1.71, "OpenAI CLIP model card", note="frozen text encoder of txt2img-clipl"),
+)
 # rembg's models, with the checksums its own session classes check (rembg/sessions/*.py).
 AUX = (
     Item("rembg-u2net", "aux", (RemoteFile("u2net.onnx", url=REMBG_URL, md5="60024c5c889badc19c04ad937298a77b"),),
@@ -87,13 +97,14 @@ def checkpoint_items() -> list[Item]:
         spec = preset.checkpoint
         if spec is None or not spec.repo:
             continue
+        licence = spec.license or f"see {HUB_PAGE}/{spec.repo}"  # no name recorded: the model card rules
         items.append(Item(name, "checkpoint", (RemoteFile(spec.file, repo=spec.repo, sha256=spec.sha256),),
-                          spec.size_gb, spec.license, spec.gated, note=preset.description))
+                          spec.size_gb, licence, spec.gated, note=preset.description))
     return items
 
 
 def catalogue() -> list[Item]:
-    return [*checkpoint_items(), *DATASETS, *AUX]
+    return [*checkpoint_items(), *FROZEN, *DATASETS, *AUX]
 
 
 def find_item(name: str) -> Item:
@@ -202,9 +213,10 @@ def hub_download(item: Item, file: RemoteFile, folder: Path) -> Path:
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it at import
     staging = folder / STAGING
     staging.mkdir(parents=True, exist_ok=True)
+    remote = file.path or file.name
     try:
-        meta = get_hf_file_metadata(hf_hub_url(file.repo, file.name, endpoint=endpoint))
-        staged = Path(hf_hub_download(file.repo, file.name, local_dir=staging, endpoint=endpoint))
+        meta = get_hf_file_metadata(hf_hub_url(file.repo, remote, endpoint=endpoint))
+        staged = Path(hf_hub_download(file.repo, remote, local_dir=staging, endpoint=endpoint))
     except Exception as err:  # huggingface_hub's errors -> one clear line
         raise hub_error(item, file, err) from None
     etag = (meta.etag or "").lower()
@@ -212,13 +224,13 @@ def hub_download(item: Item, file: RemoteFile, folder: Path) -> Path:
     final = folder / file.name
     if algorithm:
         try:
-            fetch.check_digest(staged, algorithm, digest, f"{file.repo}/{file.name}")
+            fetch.check_digest(staged, algorithm, digest, f"{file.repo}/{remote}")
         except CheckpointError:
             staged.unlink(missing_ok=True)
             shutil.rmtree(staging / ".cache", ignore_errors=True)  # forget the bad file's metadata
             raise
     os.replace(staged, final)
-    (staging / ".cache" / "huggingface" / "download" / f"{file.name}.metadata").unlink(missing_ok=True)
+    (staging / ".cache" / "huggingface" / "download" / f"{remote}.metadata").unlink(missing_ok=True)
     if algorithm:  # keep the Hub's sha256 too, so that --verify can check the file offline later
         fetch.record_verified(final, algorithm, digest, expected="" if file.sha256 else digest)
     return final
@@ -235,27 +247,27 @@ def hub_error(item: Item, file: RemoteFile, err: Exception) -> GmError:
         RevisionNotFoundError,
     )
 
-    repo = file.repo
+    repo, name = file.repo, file.path or file.name
     status_code = getattr(getattr(err, "response", None), "status_code", None)
     gated_hint = f"accept the licence at {HUB_PAGE}/{repo} and set HF_TOKEN (a token with read access)"
     if isinstance(err, GatedRepoError) or status_code in (401, 403):
         what = "is gated" if item.gated or isinstance(err, GatedRepoError) else "needs authorisation"
-        return CheckpointError(f"{repo} {what} (HTTP {status_code}): cannot download {file.name}", gated_hint)
+        return CheckpointError(f"{repo} {what} (HTTP {status_code}): cannot download {name}", gated_hint)
     if isinstance(err, EntryNotFoundError):
-        return CheckpointError(f"{file.name} not found in {repo} (HTTP 404)",
+        return CheckpointError(f"{name} not found in {repo} (HTTP 404)",
                                "the preset's checkpoint.file or checkpoint.repo is wrong")
     if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError)):
         return CheckpointError(f"repository {repo} not found (HTTP {status_code})",
                                "check the preset's checkpoint.repo, or HF_ENDPOINT")
     if isinstance(err, OfflineModeIsEnabled) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE"):
-        return CheckpointError(f"cannot download {file.name}: HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE")
+        return CheckpointError(f"cannot download {name}: HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE")
     if isinstance(err, LocalEntryNotFoundError):
-        return CheckpointError(f"cannot reach the Hub for {repo}/{file.name} ({err.__cause__ or err})",
+        return CheckpointError(f"cannot reach the Hub for {repo}/{name} ({err.__cause__ or err})",
                                "check the network connection (or HF_ENDPOINT), then run the command again")
     if isinstance(err, HfHubHTTPError):
-        return CheckpointError(f"{repo}/{file.name}: HTTP {status_code}: {str(err).splitlines()[0]}",
+        return CheckpointError(f"{repo}/{name}: HTTP {status_code}: {str(err).splitlines()[0]}",
                                "try again later")
-    return CheckpointError(f"{repo}/{file.name}: download failed: {type(err).__name__}: {err}",
+    return CheckpointError(f"{repo}/{name}: download failed: {type(err).__name__}: {err}",
                            "run the command again: completed files are kept")
 
 

@@ -217,6 +217,22 @@ def test_gated_404_and_sha_mismatch(env) -> None:
     assert not list(folder.rglob("corrupt.safetensors*"))  # no staged copy either
 
 
+def test_training_encoder_saved_under_the_preset_name(env) -> None:
+    """clip-vit-large-patch14: the Hub's model.safetensors lands where txt2img-clipl looks for it."""
+    server, environ, work = env
+    server.files["/openai/clip-vit-large-patch14/resolve/main/model.safetensors"] = PAYLOAD
+    proc = gm(environ, work, "clip-vit-large-patch14", "--json")
+    assert proc.returncode == 0, proc.stderr
+    final = work / "checkpoints" / "clip-vit-large-patch14.safetensors"
+    assert json.loads(proc.stdout) == {"path": str(final), "name": "clip-vit-large-patch14", "kind": "checkpoint",
+                                       "verified": True}
+    assert final.read_bytes() == PAYLOAD and not (work / "checkpoints" / "model.safetensors").exists()
+    assert 'clip_checkpoint = "checkpoints/clip-vit-large-patch14.safetensors"' in (
+        ROOT / "presets" / "txt2img-clipl.toml").read_text()
+    vae = gm(environ, work, "sdxl-vae")  # not on the fake Hub: the error names the file and repo
+    assert vae.returncode == 1 and "sdxl_vae.safetensors not found in stabilityai/sdxl-vae (HTTP 404)" in vae.stderr
+
+
 def test_connection_drop_resumes(env) -> None:
     server, environ, work = env
     proc = gm(environ, work, "fake-drop", "--json")
@@ -302,6 +318,7 @@ def test_list_json(env) -> None:
     assert ok["present"] is True and ok["verified"] is True and ok["gated"] is False
     assert ok["files"] == ["ok.safetensors"] and ok["source"] == "org/ok" and ok["license"] == "test licence"
     assert records["fake-gated"]["gated"] is True and records["fake-gated"]["present"] is False
+    assert records["svd-xt"]["license"] == "see https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt"
     assert records["mnist"]["kind"] == "dataset" and records["mnist"]["path"] == str(work / ".data" / "mnist")
     assert records["rembg-u2net"]["path"].endswith(os.path.join("u2net", "models", "u2net"))
     plain = gm(environ, work, "--list")

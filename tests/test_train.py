@@ -321,6 +321,30 @@ def test_checkpoint_disk_full_keeps_previous(tmp_path: Path, monkeypatch: pytest
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
+def test_disk_full_mid_run_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's side: a failed write stops the run with one error; --resume continues from the last good one."""
+    from gm.train.loop import train
+    from gm.train.run import TrainOptions
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_preset(tmp_path)  # checkpoints every 4 of 12 steps
+    real = checkpoint.save_file
+
+    def save_file(tensors: dict, path: str) -> None:
+        if "step-00000008" in path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tensors, path)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file)
+    with pytest.raises(CheckpointError, match="No space left on device.*the previous checkpoint is intact"):
+        train(TrainOptions(preset="tiny.toml", out="run", device="cpu"))
+    folder = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in folder.iterdir()] == ["step-00000004"]
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    result = train(TrainOptions(resume="run", device="cpu"))
+    assert result.step == 12 and [p.name for p in checkpoint.complete(folder)] == ["step-00000008", "step-00000012"]
+
+
 def test_no_checkpoint_to_resume(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint"):
         checkpoint.latest(tmp_path)
@@ -358,3 +382,127 @@ def test_unknown_train_key(tmp_path: Path) -> None:
     preset = presets.load(str(_tiny_preset(tmp_path, "learning_rat = 3")))
     with pytest.raises(PresetError, match="unknown key 'learning_rat'.*valid keys"):
         train_config(preset)
+
+
+# --- latent + text presets on tiny data (txt2img-clipl's structure, tiny sizes) -----------------
+
+TEXT_LATENT = """
+name = "tiny-txt2img"
+family = "train"
+
+[network]
+arch = "unet"
+in_channels = 4
+out_channels = 4
+model_channels = 32
+attention_resolutions = [1]
+num_res_blocks = 1
+channel_mult = [1]
+num_head_channels = 32
+num_classes = "sequential"
+adm_in_channels = 48
+transformer_depth = 1
+context_dim = 32
+
+[vae]
+arch = "kl"
+scale_factor = 0.13025
+ch = 32
+ch_mult = [1, 1]
+num_res_blocks = 1
+
+[[conditioner]]
+kind = "clip_l_text"
+input = "txt"
+layer = "last"
+output = "crossattn"
+pooled_output = "vector"
+ucg_rate = 0.1
+legacy_ucg_value = ""
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 2
+num_attention_heads = 2
+
+[[conditioner]]
+kind = "scalar"
+input = "original_size_as_tuple"
+outdim = 4
+ucg_rate = 0.1
+
+[[conditioner]]
+kind = "scalar"
+input = "crop_coords_top_left"
+outdim = 4
+ucg_rate = 0.1
+
+[denoiser]
+kind = "discrete"
+scaling = "eps"
+
+[sampler]
+name = "euler"
+steps = 2
+discretization = "legacy_ddpm"
+
+[guider]
+kind = "vanilla"
+scale = 7.5
+
+[train]
+lr = 1e-3
+max_steps = 2
+sigma_sampler = "discrete"
+weighting = "eps"
+lr_schedule = "linear_cycles"
+warmup_steps = [1]
+cycle_lengths = [10000000000000.0]
+f_start = [1e-6]
+f_max = [1.0]
+f_min = [1.0]
+sample_every = 0
+sample_prompts = ["a red square"]
+vae_checkpoint = "vae.safetensors"
+clip_checkpoint = "clip.safetensors"
+
+[data]
+kind = "webdataset"
+urls = ["shards/*.tar"]
+batch_size = 4
+image_size = 8
+shuffle_buffer = 4
+"""
+
+
+def test_text_latent_preset_trains_with_pretrained_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """txt2img-clipl's recipe (frozen VAE + frozen CLIP-L from their own files, webdataset captions)."""
+    from safetensors.torch import load_file, save_file
+
+    from gm.models.build import vae_config
+    from gm.models.clip_text import CLIPTextConfig, CLIPTextModel
+    from gm.train.loop import train
+    from gm.train.run import TrainOptions
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shards").mkdir()
+    _write_shard(tmp_path / "shards" / "a.tar", 0, 9)
+    (tmp_path / "tiny.toml").write_text(TEXT_LATENT)
+    spec = vae_config(presets.load(str(tmp_path / "tiny.toml")))
+    torch.manual_seed(1)
+    save_file(spec[1](spec[0]).state_dict(), str(tmp_path / "vae.safetensors"))
+    clip = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
+    # HF's model.safetensors also holds the vision tower and the projections: those are skipped.
+    save_file({**clip.state_dict(), "vision_model.post_layernorm.weight": torch.ones(4),
+               "text_projection.weight": torch.ones(2, 2), "text_model.embeddings.position_ids": torch.arange(77)[None]},
+              str(tmp_path / "clip.safetensors"))
+
+    result = train(TrainOptions(preset="tiny.toml", out="run", device="cpu"))
+    assert result.step == 2 and result.grid is not None and result.grid.is_file()
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000002" / "model.safetensors"))
+    prefix = "conditioner.embedders.0.transformer."
+    for key, value in clip.state_dict().items():  # the frozen text tower is CLIP's, unchanged by training
+        assert torch.equal(saved[prefix + key], value), key
+    assert not any(k.startswith("first_stage_model.") for k in saved)
+    with pytest.raises(CheckpointError, match="CLIP-L text encoder checkpoint not found.*gm download clip-vit-large-patch14"):
+        train(TrainOptions(preset="tiny.toml", out="run2", device="cpu", overrides=("train.clip_checkpoint='nope'",)))
+    assert not (tmp_path / "run2").exists()

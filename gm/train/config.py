@@ -57,6 +57,7 @@ class TrainConfig:
     sample_prompts: tuple[str, ...] = ()  # text-conditioned grids
     classifier_eval: bool = False  # score the final samples with a classifier trained on the data
     vae_checkpoint: str = ""  # latent presets: the frozen first stage's safetensors file
+    clip_checkpoint: str = ""  # clip_l_text presets: openai/clip-vit-large-patch14 model.safetensors
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
 
 

@@ -19,26 +19,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from gm.checkpoint import load_into
+from gm.checkpoint import load_into, read_header
 from gm.diffusion.denoiser import Cond, append_dims, make_denoiser, unet_network
 from gm.diffusion.training import diffusion_loss, sample_sigmas_discrete, sample_sigmas_edm, weighting_by_name
 from gm.errors import CheckpointError, PresetError
 from gm.models.build import Engine, build_engine, vae_config
+from gm.models.clip_text import CLIPTextEmbedder
 from gm.models.conditioner import CAT_DIMS
 from gm.presets import Preset
 from gm.train.config import TrainConfig
 
 
+def _weights(preset: Preset, key: str, value: str, what: str, download: str) -> Path:
+    """The file named by `[train].<key>` (pretrained weights the preset does not train from scratch)."""
+    if not value:
+        raise PresetError(f"{preset.source} [train].{key}: this preset needs the {what} weights",
+                          f"--set train.{key}=checkpoints/<file> (gm download {download} fetches it)")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{what} checkpoint not found: {path}", f"run gm download {download}")
+    return path
+
+
 def build_train_engine(preset: Preset, cfg: TrainConfig) -> Engine:
-    """The engine with random weights; frozen parts (VAE, non-trainable embedders) need no grad."""
+    """The engine with random weights except the pretrained parts the reference loads too (the
+    released VAE, CLIP-L's text tower); frozen parts (VAE, non-trainable embedders) need no grad."""
     engine = build_engine(preset)
     if engine.vae is not None:
-        if not cfg.vae_checkpoint:
-            raise PresetError(f"{preset.source} [train].vae_checkpoint: a latent preset needs the VAE weights",
-                              "--set train.vae_checkpoint=checkpoints/sdxl_vae.safetensors")
-        path = Path(cfg.vae_checkpoint).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"VAE checkpoint not found: {path}", "run gm download sdxl-vae")
+        path = _weights(preset, "vae_checkpoint", cfg.vae_checkpoint, "VAE", "sdxl-vae")
         spec = vae_config(preset)
         assert spec is not None
         with torch.device("meta"):
@@ -48,6 +56,11 @@ def build_train_engine(preset: Preset, cfg: TrainConfig) -> Engine:
         engine.vae.requires_grad_(False).eval()
     if engine.embedders is not None:
         for emb in engine.embedders.embedders:
+            if isinstance(emb, CLIPTextEmbedder):  # sgm: CLIPTextModel.from_pretrained(openai/clip-vit-large-patch14)
+                path = _weights(preset, "clip_checkpoint", cfg.clip_checkpoint, "CLIP-L text encoder",
+                                "clip-vit-large-patch14")
+                other = [k for k in read_header(path) if not k.startswith("text_model.") or k.endswith("position_ids")]
+                load_into(emb.transformer, path, optional=other, label="CLIP-L text encoder")
             if not emb.config.is_trainable:
                 # sgm hands frozen encoders to the optimizer anyway (REFERENCE §8 item 37); not here
                 emb.requires_grad_(False).eval()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from gm.errors import CheckpointError
-from gm.presets import Preset
+from gm.presets import Preset, available
 
 # LDM-era SD 2.x files keep the OpenCLIP text encoder under its old attribute name. This is
 # the one key-layout rename gm needs (see ../shared/manifests/README.md).
@@ -61,10 +61,11 @@ def find_checkpoint(preset: Preset, explicit: str | Path | None = None) -> Path:
     cached = _hf_cache_path(preset)
     if cached is not None:
         return cached
-    looked = ", ".join(str(p) for p in places) + ", the Hugging Face cache"
+    looked = ", ".join(str(p) for p in places) + (", the Hugging Face cache" if preset.checkpoint.repo else "")
+    downloadable = preset.checkpoint.repo and preset.name in available()  # what `gm download` offers
     raise CheckpointError(
         f"checkpoint {preset.checkpoint.file} not found (looked in {looked})",
-        f"run `gm download {preset.name}`",
+        f"run `gm download {preset.name}`" if downloadable else "put the file there, or pass --checkpoint FILE",
     )
 
 

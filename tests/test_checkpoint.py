@@ -175,7 +175,11 @@ def test_search_order_and_not_found_message(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError) as err:
         checkpoint.find_checkpoint(p)
-    assert "run `gm download tiny`" in str(err.value)
+    # A preset `gm download` does not offer (no repo, given by path): no download hint, no Hub cache.
+    assert "pass --checkpoint FILE" in str(err.value) and "gm download" not in str(err.value)
+    assert "Hugging Face" not in str(err.value)
+    with pytest.raises(CheckpointError, match=r"the Hugging Face cache\) \(run `gm download sdxl-base-1.0`\)"):
+        checkpoint.find_checkpoint(presets.load("sdxl-base-1.0"))
     assert str(tmp_path / "checkpoints" / "tiny.safetensors") in str(err.value)
     local = tmp_path / "checkpoints"
     local.mkdir()

@@ -78,8 +78,8 @@ def register(app: typer.Typer) -> None:
 
             spec = load_preset(preset, overrides, show_preset)
             if spec.family != "video":
-                raise UsageError(f"preset {spec.name} is a {spec.family} model, not an image-to-video one",
-                                 "use svd, svd-xt, svd-xt-1.1 (gm orbit runs sv3d-u/p)")
+                raise UsageError(f"preset {spec.name} is not an image-to-video model (family {spec.family})",
+                                 "use svd, svd-xt or svd-xt-1.1; gm orbit runs sv3d-u/p")
             request = request_from_preset(spec, frames=frames, steps=steps, seed=seed, cond_aug=cond_aug,
                                           decoding_t=decoding_t, fps_id=fps_id, motion_bucket_id=motion_bucket_id)
             output = output_spec("img2vid", spec.name, out, fmt, fps, default_fps=request.fps_id + 1)

@@ -97,7 +97,8 @@ def register(app: typer.Typer) -> None:
 
             spec = load_preset(preset, overrides, show_preset)
             if spec.family != "video4d":
-                raise UsageError(f"preset {spec.name} is a {spec.family} model, not a 4D one", "use sv4d2, sv4d2-8views or sv4d")
+                raise UsageError(f"preset {spec.name} is not a 4D model (family {spec.family})",
+                                 "use sv4d2, sv4d2-8views or sv4d")
             if elevation is not None and elevations is not None:
                 raise UsageError("give --elevation or --elevations, not both")
             d = spec.defaults
@@ -124,7 +125,6 @@ def register(app: typer.Typer) -> None:
                 return runtime(p, device, dtype, low_vram, compile_)
 
             folder = Path(out) if out else Path("outputs") / "video4d" / spec.name
-            console.log(f"seed {request.seed}")
             for path in video4d(spec, runtime_of, request, folder, checkpoint, sv3d_checkpoint):
                 console.result(path, seed=request.seed, preset=spec.name)
 

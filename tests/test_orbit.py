@@ -228,3 +228,11 @@ def test_orbit_bad_inputs_exit_2(checkpoints: Path, tmp_path: Path, args: list[s
     assert code == 2
     assert message in one_line_error(err)
     assert not (tmp_path / "out").exists()
+
+
+def test_orbit_video_input_is_named_as_such(checkpoints: Path, tmp_path: Path) -> None:
+    code, out, err = orbit(checkpoints, tmp_path / "out", HERE / "data" / "test_video1_small.mp4")
+    assert code == 1 and out == ""
+    line = one_line_error(err)
+    assert "is a video, not an image" in line and "img2vid" not in line and "gm video4d" in line
+    assert not (tmp_path / "out").exists()

@@ -113,21 +113,43 @@ def test_sv4d_end_to_end_mp4(tmp_path: Path, checkpoints: Path, monkeypatch: pyt
     assert len(read_video(out / "000000_diag.mp4")) == 21
 
 
+def five_frame_gif(folder: Path) -> Path:
+    frames = read_video(DATA / "camel_small.gif")[:5]
+    frames[0].save(folder / "five.gif", save_all=True, append_images=frames[1:])
+    return folder / "five.gif"
+
+
+SV4D2 = ["--preset", str(PRESETS / "tiny-sv4d2.toml")]
+
+
 @pytest.mark.parametrize("make_input, extra, message, code", [
+    (five_frame_gif, [], "five.gif: 5 frames, the model needs 21 (pass --pad", 1),
+    (five_frame_gif, SV4D2, "5 frames, the model needs 21", 1),
     (lambda d: DATA / "camel_small.gif", [], "12 frames, the model needs 21", 1),
     (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", [], "not a video", 1),
     (lambda d: (d / "empty").mkdir() or d / "empty", [], "no frames", 1),
     (lambda d: d / "nothing-*.png", [], "matches no", 1),
     (lambda d: DATA / "camel_small.gif", ["--azimuths", "0,10,20"], "--azimuths needs 21 values", 2),
+    (lambda d: DATA / "camel_small.gif", [*SV4D2, "--azimuths", "0,10"], "--azimuths needs 5 values", 2),
+    (lambda d: DATA / "camel_small.gif", [*SV4D2, "--azimuths", "0,10,20,400,5"], "azimuth 400 is outside", 2),
     (lambda d: DATA / "camel_small.gif", ["--img-size", "100"], "multiple of 64", 2),
+    (lambda d: DATA / "camel_small.gif", [*SV4D2, "--frames", "0"], "--frames must be at least", 2),
+    (lambda d: DATA / "camel_small.gif", ["--sv3d-preset", str(PRESETS / "tiny-svd.toml")], "not an SV3D one", 2),
+    # Checkpoints are looked up before anything is read or written.
+    (lambda d: DATA / "test_video1_small.mp4", ["--checkpoint", "/no/sv4d.safetensors"], "checkpoint not found", 1),
+    (lambda d: DATA / "test_video1_small.mp4", ["--sv3d-checkpoint", "/no/sv3d.safetensors"],
+     "check the --sv3d-checkpoint path", 1),
 ])
 def test_bad_inputs(tmp_path: Path, checkpoints: Path, monkeypatch: pytest.MonkeyPatch,
                     make_input, extra: list[str], message: str, code: int) -> None:
     source = make_input(tmp_path)
-    result = gm([str(source), "--preset", str(PRESETS / "tiny-sv4d.toml"), *extra], checkpoints, monkeypatch)
+    out = tmp_path / "out"
+    result = gm([str(source), "--preset", str(PRESETS / "tiny-sv4d.toml"), "--sv3d-preset",
+                 str(PRESETS / "tiny-sv3d-u.toml"), "--out", str(out), *extra], checkpoints, monkeypatch)
     assert result.exit_code == code, result.output
-    assert message in result.output
-    assert len(result.output.strip().splitlines()) <= 2  # one line (may wrap once)
+    (line,) = result.output.strip().splitlines()  # one line, no traceback
+    assert line.startswith("gm: error: ") and message in line
+    assert not out.exists() or not any(out.iterdir())  # nothing written
 
 
 def test_pad_ping_pongs_a_short_input(tmp_path: Path) -> None:
@@ -311,3 +333,40 @@ def test_remove_bg_segments_frames_at_full_size() -> None:
     frame = Image.new("RGB", (1000, 800), "white")
     preprocess([frame, frame.convert("RGBA")], 64, 0.9, remove_bg=True, segment=segment)
     assert seen == [(1000, 800)]  # no 768 thumbnail (SV3D's step), RGBA frames keep their alpha
+
+
+@pytest.mark.parametrize("identical, dropped", [(True, 2), (False, 0)])
+def test_vae_encoder_copies_run_once_when_identical(tmp_path: Path, identical: bool, dropped: int) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from gm.models.build import load_engine
+    from gm.pipelines.video4d import share_identical_encoders
+
+    preset = presets.load(str(PRESETS / "tiny-sv4d2.toml"))
+    path = make_checkpoint(preset, tmp_path)
+    if identical:  # the release files: cond_view's and cond_motion's copies equal cond_frames's
+        state = load_file(str(path))
+        first = "conditioner.embedders.1.encoder."
+        for i in (4, 5):
+            state.update({k.replace(first, f"conditioner.embedders.{i}.encoder."): v.clone()
+                          for k, v in state.items() if k.startswith(first)})
+        save_file(state, str(path))
+    engine = load_engine(preset, path)  # strict: every copy is loaded as the file has it
+    emb = engine.embedders
+    frames = torch.rand(48, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1  # 12 t x 4 views
+
+    def encode() -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return [emb.embedders[i](frames[:emb.embedders[i].config.n_cond_frames], torch.Generator().manual_seed(0))[0]
+                    for i in (1, 4, 5)]
+
+    before, params = encode(), sum(p.numel() for p in engine.parameters())
+    decoder = sum(p.numel() for n, p in emb.embedders[1].encoder.named_parameters() if "decoder" in n or "post_quant" in n)
+    encoder = sum(p.numel() for p in emb.embedders[1].encoder.parameters()) - decoder
+    assert share_identical_encoders(engine) == dropped
+    assert (emb.embedders[4].encoder is emb.embedders[1].encoder) == identical
+    assert not any(hasattr(emb.embedders[i].encoder, "decoder") for i in (1, 4, 5))  # never run: freed
+    assert sum(p.numel() for p in engine.parameters()) == params - 3 * decoder - dropped * encoder
+    for a, b in zip(before, encode()):
+        assert torch.equal(a, b)  # the same latents from the one remaining copy

@@ -231,6 +231,12 @@ def test_video_and_non_image_inputs(checkpoints: Path, tmp_path: Path) -> None:
     assert code == 1 and "not a readable image" in one_line_error(err)
     code, _, err = img2vid(checkpoints, tmp_path / "out", image=tmp_path / "missing.png")
     assert code == 1 and "no such file" in one_line_error(err)
+    code, _, err = img2vid(checkpoints, tmp_path / "out", image=HERE / "data" / "camel_small.gif")
+    assert code == 1 and "is an animated gif (12 frames), not an image" in one_line_error(err)
+    still = tmp_path / "still.gif"
+    Image.open(IMAGE).convert("RGB").save(still)  # a one-frame gif is an image
+    code, _, err = img2vid(checkpoints, tmp_path / "gif", "--frames", "1", "--steps", "1", image=still)
+    assert code == 0, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from gm.console import console
 from gm.errors import InputError
 from gm.io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_image
@@ -59,14 +61,21 @@ def warn_unusual(request: VideoRequest) -> None:
 
 
 def open_input(path: Path) -> Any:
-    """The image at `path`; videos and other files are one-line InputErrors."""
+    """The image at `path`; videos (animated gifs included) and other files are one-line InputErrors."""
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES and suffix != ".gif":
-        raise InputError(f"{path}: is a video; img2vid animates one image", "pass a .png/.jpg image")
+        raise InputError(f"{path}: is a video, not an image", "pass a .png/.jpg image; gm video4d takes videos")
     if suffix not in IMAGE_SUFFIXES and suffix != ".gif":
         raise InputError(f"{path}: not an image file ({suffix or 'no suffix'})",
                          f"pass one of {', '.join(IMAGE_SUFFIXES)}")
-    return open_image(path)
+    image = open_image(path)
+    if suffix == ".gif":
+        with Image.open(path) as gif:
+            frames = getattr(gif, "n_frames", 1)
+        if frames > 1:
+            raise InputError(f"{path}: is an animated gif ({frames} frames), not an image",
+                             "pass one frame as a .png/.jpg image; gm video4d takes videos")
+    return image
 
 
 def run_img2vid(

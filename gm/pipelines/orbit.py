@@ -50,6 +50,16 @@ def per_view(elevations_deg: float | Sequence[float], n: int, what: str, hint: s
     return elevations
 
 
+def check_angles(elevations: np.ndarray, azimuths: np.ndarray) -> None:
+    """UsageError naming the first elevation outside [-90, 90] or azimuth outside [0, 360) (NaN too)."""
+    bad_elevations = elevations[~((elevations >= -90) & (elevations <= 90))]
+    if bad_elevations.size:
+        raise UsageError(f"elevation {bad_elevations[0]:g} is outside [-90, 90] degrees")
+    bad_azimuths = azimuths[~((azimuths >= 0) & (azimuths < 360))]
+    if bad_azimuths.size:
+        raise UsageError(f"azimuth {bad_azimuths[0]:g} is outside [0, 360) degrees")
+
+
 def camera(frames: int, elevations_deg: float | Sequence[float],
            azimuths_deg: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(polars_rad, azimuths_rad), float64, one per frame, exactly as the reference computes them.
@@ -58,16 +68,11 @@ def camera(frames: int, elevations_deg: float | Sequence[float],
     azimuths in [0, 360).
     """
     elevations = per_view(elevations_deg, frames, "(one per frame)", "or give one --elevation for the whole orbit")
-    if ((elevations < -90) | (elevations > 90)).any() or not np.isfinite(elevations).all():
-        bad = elevations[~((elevations >= -90) & (elevations <= 90))][0]
-        raise UsageError(f"elevation {bad:g} is outside [-90, 90] degrees")
     azimuths = default_azimuths(frames) if azimuths_deg is None else np.asarray(list(azimuths_deg), dtype=np.float64)
     if azimuths.shape != (frames,):
         raise UsageError(f"--azimuths needs {frames} values (one per frame), got {azimuths.size}",
                          "the last value is the input view's azimuth")
-    if ((azimuths < 0) | (azimuths >= 360)).any() or not np.isfinite(azimuths).all():
-        bad = azimuths[~((azimuths >= 0) & (azimuths < 360))][0]
-        raise UsageError(f"azimuth {bad:g} is outside [0, 360) degrees")
+    check_angles(elevations, azimuths)
     polars = np.deg2rad(90.0 - elevations)
     relative = np.deg2rad((azimuths - azimuths[-1]) % 360)
     return polars, relative

@@ -23,7 +23,7 @@ import torch
 
 from gm import device as dev
 from gm.console import console
-from gm.errors import UsageError
+from gm.errors import CheckpointError, UsageError
 from gm.models.build import Engine
 from gm.pipelines.common import (
     Runtime,
@@ -103,8 +103,9 @@ def with_encoding_chunk(preset: Preset, encoding_t: int) -> Preset:
 
 
 def share_identical_encoders(engine: Engine) -> int:
-    """The release files carry three copies of the VAE encoder; if they are equal, keep one
-    (the others' tensors are dropped). Returns how many copies were dropped."""
+    """The release files carry three copies of a whole KL autoencoder for cond_frames / cond_view /
+    cond_motion (loaded strictly); only their encoders ever run. Drop every copy's decoder and, if
+    the copies are equal, keep one. Returns how many copies were dropped."""
     assert engine.embedders is not None
     encoders = [e for e in engine.embedders.embedders if hasattr(e, "encoder")]
     first, dropped = encoders[0].encoder, 0
@@ -114,6 +115,10 @@ def share_identical_encoders(engine: Engine) -> int:
         if state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in reference):
             emb.encoder = first
             dropped += 1
+    for emb in encoders:
+        for unused in ("decoder", "post_quant_conv"):
+            if hasattr(emb.encoder, unused):
+                delattr(emb.encoder, unused)
     return dropped
 
 
@@ -184,16 +189,24 @@ class Sampler4D:
         return decode(self.engine, z, self.runtime, self.request.decoding_t, label=label) * 2.0 - 1.0
 
 
+def sv3d_preset(name: str) -> Preset:
+    """SV4D's reference-view model (--sv3d-preset): an orbit preset, or a UsageError."""
+    from gm import presets
+
+    sv3d = presets.load(name)
+    if sv3d.family != "orbit":
+        raise UsageError(f"--sv3d-preset {name} is a {sv3d.family} model, not an SV3D one", "use sv3d-u or sv3d-p")
+    return sv3d
+
+
 def sv3d_reference_views(request: Video4DRequest, runtime_of, frame0: torch.Tensor,
-                         checkpoint: str | None) -> torch.Tensor:
+                         sv3d: Preset, checkpoint: str | Path | None) -> torch.Tensor:
     """SV3D orbit of frame 0, rolled so the input comes first: (21, 3, H, W) in [-1, 1]."""
     from PIL import Image
 
-    from gm import presets
     from gm.pipelines.orbit import run_orbit
     from gm.pipelines.video import request_from_preset
 
-    sv3d = presets.load(request.sv3d_preset)
     runtime = runtime_of(sv3d)
     engine = load(sv3d, runtime, checkpoint)
     orbit_req = request_from_preset(sv3d, frames=21, steps=request.steps, seed=request.seed,
@@ -248,34 +261,44 @@ def run_sv4d2(s: Sampler4D, img: torch.Tensor, overall) -> None:
 
 def video4d(preset: Preset, runtime_of, request: Video4DRequest, out_dir: Path,
             checkpoint: str | None = None, sv3d_checkpoint: str | None = None) -> list[Path]:
-    """The whole `gm video4d` run; `runtime_of(preset)` decides device/dtype per model. Returns the
-    written files (process_input, [t000], v001..., [diag], grid)."""
+    """The whole `gm video4d` run; `runtime_of(preset)` decides device/dtype per model. Every
+    option, input and checkpoint is checked before anything runs, and the files are written only
+    when all sampling is done (a failed run leaves none). Returns the written files
+    (process_input, [t000], v001..., [diag], grid)."""
+    from gm.checkpoint import find_checkpoint
+
     polars, azimuths = check_request(preset, request)
     sv4d = is_sv4d(preset)
+    sv3d = sv3d_preset(request.sv3d_preset) if sv4d else None
+    path = find_checkpoint(preset, checkpoint)
+    try:
+        sv3d_path = find_checkpoint(sv3d, sv3d_checkpoint) if sv3d else None
+    except CheckpointError as err:
+        raise CheckpointError(err.message, err.hint.replace("--checkpoint", "--sv3d-checkpoint")) from None
     images = read_frames(request.source, request.frames, pad=request.pad)
     motion = to_tensor(preprocess(images, request.size, request.frame_ratio, remove_bg=request.remove_bg))
     writer = Writer(out_dir, preset, request)
-    paths = [writer.video("process_input", motion)]
+    console.log(f"seed {request.seed}")
+    videos: dict[str, torch.Tensor] = {"process_input": motion}
     views = preset.defaults.views
     img = torch.zeros(request.frames, views + 1, *motion.shape[1:])  # (N, 1+V, 3, H, W); SV4D 2.0 starts grey
     img[:, 0] = motion
     passes = (1 + len(sv4d_dense_starts(request.frames, preset.defaults.window_frames))) if sv4d else \
         len(sv4d2_window_starts(request.frames, preset.defaults.window_frames, views))
     with console.task(f"{preset.name} overall", total=passes + (1 if sv4d else 0), unit="pass") as overall:
-        if sv4d:
-            orbit = sv3d_reference_views(request, runtime_of, motion[0], sv3d_checkpoint)
-            img[0] = orbit[list(SV4D_SUBSET)]
-            paths.append(writer.video("t000", img[0]))
+        if sv3d is not None:
+            img[0] = sv3d_reference_views(request, runtime_of, motion[0], sv3d, sv3d_path)[list(SV4D_SUBSET)]
+            videos["t000"] = img[0].clone()  # the dense pass overwrites t = 0
             overall.advance()
         runtime = runtime_of(preset)
-        engine = load(with_encoding_chunk(preset, request.encoding_t), runtime, checkpoint)
+        engine = load(with_encoding_chunk(preset, request.encoding_t), runtime, path)
         dropped = share_identical_encoders(engine)
         if dropped:
             console.log(f"the VAE encoder copies are identical: running one ({dropped} dropped)")
         sampler = Sampler4D(engine, preset, runtime, request, polars, azimuths, dev.cpu_generator(request.seed))
         (run_sv4d if sv4d else run_sv4d2)(sampler, img, overall)
-    paths += [writer.video(f"v{v:03d}", img[:, v]) for v in range(1, views + 1)]
+    videos.update({f"v{v:03d}": img[:, v] for v in range(1, views + 1)})
     if sv4d:
-        paths.append(writer.video("diag", writer.diagonal(img)))
-    paths.append(writer.video("grid", writer.grid(img, columns=math.ceil(math.sqrt(views + 1)))))
-    return paths
+        videos["diag"] = writer.diagonal(img)
+    videos["grid"] = writer.grid(img, columns=math.ceil(math.sqrt(views + 1)))
+    return [writer.video(tag, frames) for tag, frames in videos.items()]

@@ -17,7 +17,7 @@ import numpy as np
 
 from gm.errors import UsageError
 from gm.pipelines.orbit import camera as orbit_camera
-from gm.pipelines.orbit import per_view
+from gm.pipelines.orbit import check_angles, per_view
 
 SV3D_FRAMES = 21
 SV4D_SUBSET = (0, 2, 5, 7, 9, 12, 14, 16, 19)  # rolled orbit indices: the input + 8 novel views
@@ -55,8 +55,7 @@ def sv4d2_camera(views: int, elevations_deg: float | Sequence[float] = 0.0,
         azimuths = np.asarray(list(azimuths_deg), dtype=np.float64)
     if azimuths.shape != (n,):
         raise UsageError(f"--azimuths needs {n} values (input view first), got {azimuths.size}")
-    if ((elevations < -90) | (elevations > 90)).any() or ((azimuths < 0) | (azimuths >= 360)).any():
-        raise UsageError("elevations must be in [-90, 90] and azimuths in [0, 360) degrees")
+    check_angles(elevations, azimuths)
     polars = np.deg2rad(90.0 - elevations)
     polars = (polars - polars[0] + np.pi / 2) % (2 * np.pi)
     relative = np.deg2rad((azimuths - azimuths[-1]) % 360)

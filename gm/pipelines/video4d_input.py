@@ -17,7 +17,7 @@ from PIL import Image
 
 from gm.errors import InputError
 from gm.io.media import iter_video, open_image
-from gm.pipelines.objects import Segmenter, rembg_segment
+from gm.pipelines.objects import Segmenter, composite_white, rembg_segment
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".gif", ".mp4", ".mov", ".webm", ".mkv", ".avi")
@@ -98,10 +98,7 @@ def preprocess(images: list[Image.Image], size: int, frame_ratio: float, remove_
         sy1, sx1 = min(top + 2 * half, h), min(left + 2 * half, w)
         off = (side - 2 * half) // 2
         canvas[off + sy0 - top:off + sy1 - top, off + sx0 - left:off + sx1 - left] = arr[sy0:sy1, sx0:sx1]
-        rgba = Image.fromarray(canvas, "RGBA").resize((size, size), Image.LANCZOS)
-        rgb = np.asarray(rgba) / 255.0  # (size, size, 4)
-        rgb = rgb[..., :3] * rgb[..., 3:] + (1.0 - rgb[..., 3:])
-        out.append(Image.fromarray((rgb * 255).astype(np.uint8), "RGB"))
+        out.append(composite_white(Image.fromarray(canvas, "RGBA").resize((size, size), Image.LANCZOS)))
     return out
 
 

@@ -1,6 +1,6 @@
 """Files of `gm video4d`: `NNNNNN_<tag>.mp4` at 10 fps (the reference's writer), one shared number
-per run, written under a temporary name and never over an existing file; every frame
-watermarked; the run's parameters in the container's `comment` tag.
+per run (claimed by the run's first file), written under a temporary name and never over an
+existing file; every frame watermarked; the run's parameters in the container's `comment` tag.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from gm.io.files import ensure_dir, next_number, write_atomic
+from gm.io.files import ensure_dir, write_atomic, write_numbered
 from gm.io.media import write_mp4
 from gm.pipelines.video4d_camera import diagonal_views
 from gm.pipelines.video_output import finish_frames
@@ -26,7 +26,7 @@ class Writer:
 
     def __init__(self, out_dir: Path, preset: Preset, request: Any) -> None:
         self.out_dir = ensure_dir(out_dir)
-        self.number = next_number(self.out_dir)
+        self.number: int | None = None  # claimed by the first file
         data = preset.to_dict()
         self.record = {"preset": preset.name, "request": asdict(request),
                        **{k: data[k] for k in ("sampler", "guider") if k in data}}
@@ -35,8 +35,14 @@ class Writer:
         """frames (N, 3, H, W) in [-1, 1] -> `NNNNNN_<tag>.mp4`."""
         pixels = finish_frames(((frames.float() + 1.0) / 2.0).clamp(0, 1))
         comment = json.dumps({**self.record, "file": tag}, sort_keys=True, default=str, separators=(",", ":"))
-        final = self.out_dir / f"{self.number:06d}_{tag}.mp4"
-        return write_atomic(final, lambda tmp: write_mp4(tmp, list(pixels), FPS, {"comment": comment}))
+        def write(tmp: Path) -> None:
+            write_mp4(tmp, list(pixels), FPS, {"comment": comment})
+
+        if self.number is None:  # the next free number, even if another run takes one meanwhile
+            path = write_numbered(self.out_dir, ".mp4", write, tag=f"_{tag}")
+            self.number = int(path.name.split("_")[0])
+            return path
+        return write_atomic(self.out_dir / f"{self.number:06d}_{tag}.mp4", write)
 
     @staticmethod
     def diagonal(img: torch.Tensor) -> torch.Tensor:

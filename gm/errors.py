@@ -37,3 +37,7 @@ class CheckpointError(GmError):
 
 class InputError(GmError):
     """An input file (image, video, dataset) cannot be used."""
+
+
+class OverrideError(PresetError, UsageError):
+    """A bad `--set table.key=value`: a preset error that is the command line's fault (exit 2)."""

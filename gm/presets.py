@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gm.config import convert, from_dict, to_dict
-from gm.errors import PresetError
+from gm.errors import OverrideError, PresetError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -177,8 +177,13 @@ def load(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Pres
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise PresetError(f"{path}: not valid TOML: {err}") from None
-    data = apply_overrides(data, overrides, str(path))
-    return parse(data, str(path))
+    try:
+        return parse(apply_overrides(data, overrides, str(path)), str(path))
+    except PresetError as err:
+        if not overrides:
+            raise
+        parse(data, str(path))  # a mistake in the file itself is reported as the file's
+        raise OverrideError(err.message.replace(f"{path}.", "--set ", 1), err.hint) from None
 
 
 def parse_value(text: str) -> Any:

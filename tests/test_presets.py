@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gm import presets
-from gm.errors import PresetError
+from gm.errors import OverrideError, PresetError
 
 TINY = """
 name = "tiny"
@@ -88,6 +88,17 @@ def test_overrides(tmp_path: Path) -> None:
         presets.load(path, ["sampler.bogus=1"])
     with pytest.raises(PresetError, match="expected an integer"):
         presets.load(path, ["sampler.steps=many"])
+    # A bad --set is the command line's fault: it names --set, not the file, and is a usage error (exit 2).
+    with pytest.raises(OverrideError, match=r"^--set sampler.steps: expected an integer, got 'many'$") as err:
+        presets.load(path, ["sampler.steps=many"])
+    assert err.value.exit_code == 2 and str(err.value).startswith("--set sampler.steps")
+    with pytest.raises(OverrideError, match="--set sampler: unknown key 'bogus'") as err:
+        presets.load(path, ["sampler.bogus=1"])
+    assert "valid keys: " in str(err.value)
+    broken = write(tmp_path, TINY.replace("steps = 10", "steps = 'x'"), "broken.toml")
+    with pytest.raises(PresetError, match="broken.toml.sampler.steps") as err:  # the file's own mistake
+        presets.load(str(broken), ["guider.scale=3"])
+    assert err.value.exit_code == 1 and presets.load(str(broken), ["sampler.steps=3"]).sampler.steps == 3
 
 
 def test_lookup_by_name_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

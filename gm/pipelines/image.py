@@ -128,6 +128,16 @@ def check_strength(value: float, option: str) -> None:
         raise UsageError(f"{option} must be in (0, 1], got {value}", f"e.g. {option} 0.5")
 
 
+def _img2img(full: torch.Tensor, strength: float, option: str) -> torch.Tensor:
+    """`img2img_sigmas`, with a warning when the strength keeps no step (the reference then just
+    round-trips the image through the VAE, §3.4)."""
+    sigmas = img2img_sigmas(full, strength)
+    if len(sigmas) == 1:
+        console.warn(f"{option} {strength} keeps no step of the {len(full) - 1}-step schedule, so the image only "
+                     f"goes through the VAE; raise {option} or --steps")
+    return sigmas
+
+
 def _check_common(preset: Preset, job: ImageJob) -> None:
     if job.count < 1:
         raise UsageError(f"-n must be at least 1, got {job.count}")
@@ -216,14 +226,14 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
     full = _schedule(preset, job)
     if job.init_images:
         init = load_image(job.init_images[0], width, height)
-        sigmas = img2img_sigmas(full, job.strength)
+        sigmas = _img2img(full, job.strength, "--strength")
     elif refiner is not None and refiner.finish:
         sigmas = txt2noisy_sigmas(full, refiner.strength, original_steps=len(full) - 1)
     else:
         sigmas = full
     if refiner is not None:
         check_size(width, height, size_grid(refiner.preset))
-        refiner_sigmas = img2img_sigmas(sigmas_for(refiner.preset.sampler), refiner.strength)
+        refiner_sigmas = _img2img(sigmas_for(refiner.preset.sampler), refiner.strength, "--refiner-strength")
         if refiner.finish and float(refiner_sigmas[0]) != float(sigmas[-1]):  # checked before any sampling
             raise UsageError(f"refiner schedule starts at sigma {float(refiner_sigmas[0]):.4f} but the base stops "
                              f"at {float(sigmas[-1]):.4f}",
@@ -296,7 +306,7 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRes
     sizes = [native_size(p) for p in job.init_images]  # reads every input first: bad files fail early
     engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
     negative = _negative_for(engine, preset, job)
-    sigmas = img2img_sigmas(sigmas_for(preset.sampler), job.strength)
+    sigmas = _img2img(sigmas_for(preset.sampler), job.strength, "--strength")
     denoisers: dict[tuple[int, int], object] = {}
     for i, (path, (width, height)) in enumerate(zip(job.init_images, sizes, strict=True)):
         if (width, height) not in denoisers:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from gm import presets
-from gm.errors import CheckpointError, InputError, PresetError
+from gm.errors import CheckpointError, InputError, PresetError, UsageError
 from gm.train import checkpoint, formats
 from gm.train.config import DataConfig, TrainConfig, data_config, train_config
 from gm.train.data import MapBatches, open_dataset
@@ -343,6 +343,10 @@ def test_disk_full_mid_run_keeps_previous_checkpoint(tmp_path: Path, monkeypatch
     monkeypatch.setattr(checkpoint, "save_file", real)
     result = train(TrainOptions(resume="run", device="cpu"))
     assert result.step == 12 and [p.name for p in checkpoint.complete(folder)] == ["step-00000008", "step-00000012"]
+    for wrong in (TrainOptions(resume="run", out="elsewhere"), TrainOptions(preset="mnist-cond", resume="run")):
+        with pytest.raises(UsageError, match="--out with --resume|is a tiny run, not mnist-cond"):
+            train(wrong)
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_no_checkpoint_to_resume(tmp_path: Path) -> None:

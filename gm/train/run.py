@@ -94,6 +94,11 @@ def resolve_preset(opts: TrainOptions, run_dir: Path | None) -> Preset:
     if preset.family != "train":
         raise UsageError(f"preset {preset.name} is a {preset.family} preset, not a training recipe",
                          f"pick one of: {', '.join(n for n in presets.available() if 'mnist' in n or 'digits' in n)}")
+    if run_dir is not None and opts.out:  # nothing given is silently ignored
+        raise UsageError("--out with --resume: a resumed run continues in its own folder", f"drop --out; the run is {run_dir}")
+    if run_dir is not None and opts.preset and presets.load(opts.preset).name != preset.name:
+        raise UsageError(f"--resume {run_dir} is a {preset.name} run, not {opts.preset}",
+                         "drop the preset argument, or start a new run without --resume")
     return preset
 
 

@@ -82,6 +82,18 @@ def test_ema_decay_and_update() -> None:
     assert ema.current_decay() == 0.9999
 
 
+def test_per_class_accuracy() -> None:
+    from gm.train.classifier import per_class_accuracy
+
+    class Fixed(torch.nn.Module):  # predicts the class stored in the first pixel
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float()
+
+    samples = torch.tensor([0, 0, 1, 2, 2, 1], dtype=torch.float32)[:, None, None, None]
+    acc = per_class_accuracy(Fixed(), samples, torch.tensor([0, 0, 1, 1, 2, 2]), 3)
+    assert acc == {"0": 1.0, "1": 0.5, "2": 0.5, "mean": round(4 / 6, 4)}
+
+
 # --- loss wiring --------------------------------------------------------------------------------
 
 

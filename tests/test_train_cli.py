@@ -40,7 +40,7 @@ def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 def test_train_writes_run_folder(tmp_path: Path) -> None:
-    preset = _preset(tmp_path, "ema = true")
+    preset = _preset(tmp_path, "ema = true\nclassifier_eval = true")
     res = _gm(str(preset), "--out", "run", "--max-steps", "6", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     run_dir, grid = res.stdout.split()
@@ -49,6 +49,9 @@ def test_train_writes_run_folder(tmp_path: Path) -> None:
     assert (run / "config.toml").read_text().startswith('name = "tiny"')
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records[:-1]] == [2, 4, 6] and records[-1]["final"] is True
+    accuracy = records[-1]["classifier_accuracy"]  # one row per class, scored by a classifier
+    assert sorted(accuracy) == sorted([*map(str, range(10)), "mean"]) and all(0 <= v <= 1 for v in accuracy.values())
+    assert f"classifier accuracy on the samples: mean {accuracy['mean']:.2f} (0: {accuracy['0']:.2f}," in res.stderr
     assert all(r["loss"] > 0 for r in records[:-1])
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
     assert (run / "checkpoints" / "step-00000006" / "ema.safetensors").is_file()

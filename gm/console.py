@@ -72,6 +72,7 @@ class Console:
     err: RichConsole = field(default_factory=lambda: RichConsole(stderr=True, highlight=False))
     _progress: Progress | None = None
     _depth: int = 0
+    _warned: set[str] = field(default_factory=set)
 
     @property
     def live(self) -> bool:
@@ -79,7 +80,9 @@ class Console:
         return not self.quiet and self.err.is_terminal
 
     def configure(self, quiet: bool = False, json_mode: bool = False) -> None:
+        """Set up for one command (also forgets which warn_once messages were shown)."""
         self.quiet, self.json_mode = quiet, json_mode
+        self._warned.clear()
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -88,6 +91,12 @@ class Console:
     def warn(self, message: str) -> None:
         if not self.quiet:
             self.err.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+    def warn_once(self, message: str) -> None:
+        """A warning that would repeat for every file of a run (e.g. one per view video) is shown once."""
+        if message not in self._warned:
+            self._warned.add(message)
+            self.warn(message)
 
     def error(self, message: str) -> None:
         self.err.print(f"gm: error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)

@@ -47,3 +47,17 @@ def test_quiet_silences_logs_and_warnings_but_not_errors_or_results(capsys) -> N
     con.result("out/000000.png", seed=1)
     assert buffer.getvalue() == "gm: error: broken (hint)\n"
     assert capsys.readouterr().out == "out/000000.png\n"
+
+
+def test_warn_once_per_command() -> None:
+    buffer = io.StringIO()
+    con = Console(err=RichConsole(file=buffer, width=120, highlight=False))
+    for _command in range(2):
+        con.configure()
+        for _view in range(9):  # e.g. one per view video of a video4d run
+            con.warn_once("frames of 64x64 are too small for the invisible watermark")
+        con.warn_once("another message")
+    assert buffer.getvalue().splitlines() == [
+        "warning: frames of 64x64 are too small for the invisible watermark",
+        "warning: another message",
+    ] * 2

@@ -85,7 +85,7 @@ def watermark_images(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
     marked, embedded = watermark.embed(images)
     if not embedded:
         h, w = images.shape[-2:]
-        console.warn(f"{w}x{h} images are too small for the invisible watermark (needs 256*256 pixels); "
+        console.warn_once(f"{w}x{h} images are too small for the invisible watermark (needs 256*256 pixels); "
                      "saved without it")
     return marked, embedded
 

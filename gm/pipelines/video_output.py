@@ -46,7 +46,7 @@ def finish_frames(frames: torch.Tensor) -> np.ndarray:
     marked, embedded = watermark.embed(frames.float().clamp(0, 1))
     if not embedded:
         h, w = frames.shape[-2:]
-        console.warn(f"frames of {w}x{h} are too small for the invisible watermark (needs 256x256 pixels); "
+        console.warn_once(f"frames of {w}x{h} are too small for the invisible watermark (needs 256x256 pixels); "
                      "written without it")
     return to_uint8(marked)
 

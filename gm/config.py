@@ -104,7 +104,7 @@ def convert(value: Any, tp: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     """Build dataclass `cls` from `data`; unknown/missing keys and wrong types are PresetErrors."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}
     hints = get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:

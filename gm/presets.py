@@ -122,7 +122,7 @@ class Preset:
     perf: PerfSpec = PerfSpec()
     train: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
-    source: str = ""  # the file it was read from (not a TOML key)
+    source: str = field(default="", metadata={"internal": True})  # the file it was read from (not a TOML key)
 
     def to_dict(self) -> dict[str, Any]:
         out = to_dict(self)
@@ -161,9 +161,7 @@ def find(name_or_path: str) -> Path:
 
 
 def parse(data: dict[str, Any], source: str) -> Preset:
-    data = dict(data)
-    data["source"] = source
-    preset = from_dict(Preset, data, source)
+    preset = dataclasses.replace(from_dict(Preset, data, source), source=source)
     if not preset.network and preset.family != "train":
         raise PresetError(f"{source}: missing table [network]")
     return preset

@@ -60,6 +60,12 @@ def test_unknown_key_names_file_key_and_valid_keys(tmp_path: Path) -> None:
         presets.load(str(path))
     msg = str(err.value)
     assert str(path) in msg and "unknown key 'stepz'" in msg and "valid keys:" in msg and "steps" in msg
+    # The file a preset was read from is recorded by gm, not a key the file may set (or is told about).
+    top = write(tmp_path, 'source = "elsewhere"\n' + TINY, "top.toml")
+    with pytest.raises(PresetError, match="unknown key 'source'") as err:
+        presets.load(str(top))
+    assert "vae" in str(err.value) and "source," not in str(err.value)
+    assert presets.load(str(write(tmp_path, TINY, "ok.toml"))).source.endswith("ok.toml")
 
 
 def test_wrong_type_and_missing_field(tmp_path: Path) -> None:

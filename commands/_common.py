@@ -53,7 +53,7 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False, json_m
 
     console.configure(quiet=quiet, json_mode=json_mode)
     try:
-        return fn()
+        return run_or_tidy(fn)
     except GmError as err:
         if debug:
             raise
@@ -75,6 +75,18 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False, json_m
             raise
         console.error(f"internal error: {type(err).__name__}: {err} (run again with --debug for the traceback)")
         raise typer.Exit(1) from None
+
+
+def run_or_tidy(fn: Callable[[], T]) -> T:
+    """fn(); if it fails, the output folders it created and left empty are removed (rmdir only)."""
+    from gm.io import files
+
+    files.forget_created()
+    try:
+        return fn()
+    except BaseException:
+        files.remove_created_if_empty()
+        raise
 
 
 def load_preset(name: str, overrides: list[str] | None, show: bool = False) -> Any:

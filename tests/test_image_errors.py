@@ -76,7 +76,7 @@ def test_missing_refiner_checkpoint_fails_before_sampling(gm, tmp_path: Path) ->
     out = tmp_path / "o"
     fails(gm("txt2img", "a fox", "-p", BASE, "--refiner", "sdxl-refiner-1.0", "-o", str(out)), 1,
           "gm download sdxl-refiner-1.0")
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the folder --out made is removed again
 
 
 def test_refiner_checkpoint_of_another_model_fails_before_the_base_samples(
@@ -90,7 +90,7 @@ def test_refiner_checkpoint_of_another_model_fails_before_the_base_samples(
     fails(gm("txt2img", "a fox", "-p", BASE, "--refiner", str(PRESETS / "tiny-sdxl-refiner.toml"),
              "--refiner-checkpoint", str(checkpoints / "tiny-sd21.safetensors"), "-o", str(out)), 1,
           "preset tiny-sdxl-refiner: tiny-sd21.safetensors does not match", "missing")
-    assert sampled == [] and list(out.iterdir()) == []
+    assert sampled == [] and not out.exists()
 
 
 def test_checkpoint_of_another_model_is_a_strict_error(gm, checkpoints: Path, tmp_path: Path) -> None:
@@ -181,4 +181,18 @@ def test_refiner_schedule_mismatch_fails_before_the_base_samples(gm, tmp_path: P
     out = tmp_path / "o"
     fails(gm("txt2img", "a fox", "-p", BASE, "--steps", "20", "--set", "sampler.discretization=edm",
              "--refiner", SD21, "-o", str(out)), 2, "refiner schedule starts at sigma")
-    assert sampled == [] and list(out.iterdir()) == []
+    assert sampled == [] and not out.exists()
+
+
+def test_failed_run_leaves_no_empty_output_folder(gm, tmp_path: Path) -> None:
+    """The folders --out made are removed again when the run fails (rmdir only); existing ones stay."""
+    fails(gm("txt2img", "a fox", "-p", BASE, "--out", str(tmp_path / "new" / "deeper"),
+             "--checkpoint", str(tmp_path / "missing.safetensors")), 1, "not found")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    fails(gm("txt2img", "a fox", "-p", BASE, "--out", str(tmp_path / "kept" / "run"),
+             "--checkpoint", str(tmp_path / "missing.safetensors")), 1, "not found")
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "run").exists()
+    result = gm("txt2img", "a fox", "-p", BASE, "--out", str(tmp_path / "made"), "--steps", "1", "-W", "64", "-H", "64")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "made").is_dir() and len(list((tmp_path / "made").glob("*.png"))) == 1

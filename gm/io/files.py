@@ -18,15 +18,35 @@ from gm.errors import InputError, UsageError
 _NUMBER = re.compile(r"^(\d+)")
 
 
+# Folders ensure_dir created in this process, deepest last: a command that fails removes those
+# that are still empty (remove_created_if_empty), so a failed run leaves no trace in the tree.
+_created: list[Path] = []
+
+
 def ensure_dir(out_dir: str | Path) -> Path:
     out = Path(out_dir).expanduser()
+    missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
+        _created.extend(reversed(missing))
     except OSError as err:
         raise UsageError(f"cannot create output folder {out}: {err.strerror}", "pick another --out") from None
     if not os.access(out, os.W_OK):
         raise UsageError(f"output folder {out} is not writable", "pick another --out")
     return out
+
+
+def forget_created() -> None:
+    _created.clear()
+
+
+def remove_created_if_empty() -> None:
+    """rmdir (never anything else) the folders ensure_dir made, deepest first, where still empty."""
+    while _created:
+        try:
+            _created.pop().rmdir()
+        except OSError:  # not empty (or gone): keep it
+            pass
 
 
 def _umask() -> int:

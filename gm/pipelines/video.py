@@ -163,18 +163,21 @@ def conditioning(engine: Engine, runtime: Runtime, batch: dict[str, torch.Tensor
 
 
 def decode_chunk(engine: Engine, runtime: Runtime, requested: int, frames: int, height: int, width: int) -> int:
-    """--decoding-t, or (0) the largest chunk that fits the free GPU memory and DECODE_BUDGET
-    (all frames at once off the GPU)."""
+    """--decoding-t, or (0) the largest chunk whose decoder activations fit DECODE_BUDGET and, on a
+    GPU, 90 % of its free memory. The temporal decoder mixes only the frames of one call, so the
+    chunk changes the video: without a memory limit (the CPU, a roomy GPU) the chunk is the same
+    everywhere, and a seed gives the same video on any device."""
     if requested > 0:
         return min(requested, frames)
+    budget = DECODE_BUDGET
     free = dev.free_memory(runtime.device)
-    if free is None:
-        return frames
-    if runtime.low_vram and engine.vae is not None:  # the VAE still has to move in
-        free -= sum(p.numel() * p.element_size() for p in engine.vae.parameters())
-    fit = min(int(0.9 * free), DECODE_BUDGET) // (DECODE_BYTES_PER_PIXEL * height * width)
-    chunk = max(1, min(frames, fit))
-    console.log(f"decoding {chunk} frame(s) per VAE call ({free / 2**30:.1f} GiB free; set --decoding-t to choose)")
+    if free is not None:
+        if runtime.low_vram and engine.vae is not None:  # the VAE still has to move in
+            free -= sum(p.numel() * p.element_size() for p in engine.vae.parameters())
+        budget = min(int(0.9 * free), DECODE_BUDGET)
+    chunk = max(1, min(frames, budget // (DECODE_BYTES_PER_PIXEL * height * width)))
+    if free is not None:
+        console.log(f"decoding {chunk} frame(s) per VAE call ({free / 2**30:.1f} GiB free; set --decoding-t to choose)")
     return chunk
 
 

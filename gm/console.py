@@ -73,6 +73,8 @@ class Console:
     _progress: Progress | None = None
     _depth: int = 0
     _warned: set[str] = field(default_factory=set)
+    timings: list[tuple[str, float]] = field(default_factory=list)  # finished phases of this command
+    sync_timings: bool = False  # wait for the GPU at each phase's end, so its seconds are its own (bench)
 
     @property
     def live(self) -> bool:
@@ -80,9 +82,10 @@ class Console:
         return not self.quiet and self.err.is_terminal
 
     def configure(self, quiet: bool = False, json_mode: bool = False) -> None:
-        """Set up for one command (also forgets which warn_once messages were shown)."""
+        """Set up for one command (forgets the warn_once messages shown and the phase timings)."""
         self.quiet, self.json_mode = quiet, json_mode
         self._warned.clear()
+        self.timings.clear()
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -127,7 +130,19 @@ class Console:
 
     @contextmanager
     def task(self, description: str, total: float | None, unit: str = "it") -> Iterator[ProgressTask]:
-        """A progress bar for one phase (load, sample, decode, train); nested calls share one display."""
+        """A progress bar for one phase (load, sample, decode, train); nested calls share one display.
+        Each phase that completes is added to `timings` as (description, seconds)."""
+        started = time.perf_counter()
+        with self._bar(description, total, unit) as bar:
+            yield bar
+        if self.sync_timings:
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+        self.timings.append((description, time.perf_counter() - started))
+
+    @contextmanager
+    def _bar(self, description: str, total: float | None, unit: str) -> Iterator[ProgressTask]:
         if not self.live:
             yield ProgressTask(None, None)
             return

@@ -61,3 +61,21 @@ def test_warn_once_per_command() -> None:
         "warning: frames of 64x64 are too small for the invisible watermark",
         "warning: another message",
     ] * 2
+
+
+def test_finished_phases_are_timed() -> None:
+    con = Console(err=RichConsole(file=io.StringIO(), width=120))
+    con.configure()
+    with con.task("load", total=1):
+        with con.task("sample", total=2):
+            pass
+    try:
+        with con.task("decode", total=1):
+            raise RuntimeError("failed phase")
+    except RuntimeError:
+        pass
+    assert [name for name, _ in con.timings] == ["sample", "load"]  # innermost first; a failed one is not
+    assert all(seconds >= 0 for _, seconds in con.timings)
+    assert con.timings[1][1] >= con.timings[0][1]
+    con.configure()
+    assert con.timings == []

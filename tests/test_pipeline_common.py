@@ -52,3 +52,25 @@ def test_channels_last_gives_the_same_image(tmp_path: Path, monkeypatch: pytest.
         paths.append(r.stdout.strip())
     a, b = (np.asarray(Image.open(p), dtype=np.int16) for p in paths)
     assert np.abs(a - b).max() <= 2
+
+
+def test_keep_loaded_reuses_the_engine_only_when_on(tmp_path: Path) -> None:
+    """The pipeline benchmark keeps engines loaded between runs; the CLI (off) loads every time."""
+    from gm.console import console
+    from gm.pipelines import common
+
+    preset = presets.load(TINY)
+    path = make_checkpoint(preset, tmp_path)
+    runtime = common.runtime_for(preset, "cpu")
+    console.configure()
+    assert common.load(preset, runtime, path) is not common.load(preset, runtime, path)
+    common.keep_loaded(True)
+    try:
+        first = common.load(preset, runtime, path)
+        assert common.load(preset, runtime, path) is first
+        other = presets.load(TINY, ["perf.channels_last=true"])  # another preset: its own engine
+        assert common.load(other, runtime, path) is not first
+    finally:
+        common.keep_loaded(False)
+    assert [name for name, _ in console.timings].count(f"load {preset.name}") == 4
+    assert common.load(preset, runtime, path) is not first

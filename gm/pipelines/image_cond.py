@@ -131,7 +131,7 @@ def conditioning(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCon
     # The inputs in which the uc batch differs from c's; when uc zeroes all of them (SDXL base: the
     # text), uc is c with those outputs zeroed, so the text encoders need not run on the negative.
     differs = {"txt"} | ({"aesthetic_score"} if spec.aesthetic_score != spec.negative_aesthetic_score else set())
-    with on_device(conditioner, runtime), torch.inference_mode():
+    with console.task("encode", total=1), on_device(conditioner, runtime), torch.inference_mode():
         batch = _batch(keys, spec.prompt, spec, spec.aesthetic_score, runtime.device)
         uc = None
         if need_uc and differs & set(keys) <= force_zero:

@@ -150,7 +150,7 @@ def conditioning(engine: Engine, runtime: Runtime, batch: dict[str, torch.Tensor
     emb = engine.embedders
     assert emb is not None
     on_dev = {k: v.to(runtime.device) for k, v in batch.items()}
-    with on_device(emb, runtime), torch.inference_mode():
+    with console.task("encode", total=1), on_device(emb, runtime), torch.inference_mode():
         c, uc = emb.with_uncond(on_dev, emb.uc_zero_inputs)  # CLIP and VAE encoder run once
     out = []
     for branch in (c, uc):

@@ -152,7 +152,7 @@ class Sampler4D:
         }
         batch = {k: v.to(rt.device) for k, v in batch.items()}
         zero_view = () if cond_mv else ("cond_view",)  # SV4D 2.0's first window: no views yet
-        with on_device(emb, rt), torch.inference_mode():
+        with console.task("encode", total=1), on_device(emb, rt), torch.inference_mode():
             c, uc = emb.with_uncond(batch, emb.uc_zero_inputs, force_zero=zero_view, generator=self.generator)
         n = self.t * self.v
         extra: Cond = {"image_only_indicator": torch.full((1, n), float(cond_mv), device=rt.device),

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU measurements of BENCHMARKS.md §4, one part per device-tool call (each well under its
+# 10-minute limit; run them back to back while the machine is warm):
+#   here:    bash bench/device-wheels.sh [--with-peer]      (the wheels the image lacks, into .whl/)
+#   device:  bash bench/device.sh pipelines                  carry [".whl"]  (~5 min: SDXL, SVD-XT, SV4D 2.0)
+#            bash bench/device.sh compile                    carry [".whl"]  (~4 min: SDXL with --compile)
+#            bash bench/device.sh calls                      carry [".whl"]  (needs --with-peer wheels)
+# Every figure lands in $OUT (JSON + log); copy them into BENCHMARKS.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gm-device-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 GM_CHECKPOINTS=/tmp/none
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, typer; print('torch', torch.__version__, 'typer', typer.__version__)" | tee -a "$OUT/gpu.txt"
+case "${1:-pipelines}" in
+    pipelines) python3 bench/pipelines.py --cases "${GM_BENCH_CASES:-sdxl,svd-xt,sv4d2}" --tmp /tmp \
+                   --json "$OUT/pipelines.json" 2>&1 | tee "$OUT/pipelines.log" ;;
+    compile)   python3 bench/pipelines.py --cases sdxl --compile --repeat 3 --tmp /tmp \
+                   --json "$OUT/compile.json" 2>&1 | tee "$OUT/compile.log" ;;
+    calls)     python3 bench/run.py --load-preset "${GM_BENCH_LOAD:-none}" --json "$OUT/calls.json" 2>&1 \
+                   | tee "$OUT/calls.log" ;;
+    *)         echo "usage: bash bench/device.sh pipelines|compile|calls" >&2; exit 2 ;;
+esac

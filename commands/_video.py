@@ -14,7 +14,7 @@ DecodingTOpt = Annotated[
     int | None,
     typer.Option("--decoding-t", metavar="N",
                  help="Frames per VAE decode call; fewer use less memory. Default: as many as fit 8 GiB of "
-                      "decoder activations and the free GPU memory (2 at 576x1024, 5 at 576x576, the same on "
+                      "decoder activations and the free GPU memory (3 at 576x1024, 6 at 576x576, the same on "
                       "the CPU). The reference script uses 14. With the temporal decoder the result depends "
                       "on it slightly.", rich_help_panel=PERF),
 ]

@@ -73,6 +73,12 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False, json_m
     except Exception as err:  # a bug: say so in one line, the traceback is behind --debug
         if debug:
             raise
+        from gm.errors import out_of_memory
+
+        oom = out_of_memory(err, console.failed_phase)
+        if oom is not None:
+            console.error(str(oom))
+            raise typer.Exit(oom.exit_code) from None
         console.error(f"internal error: {type(err).__name__}: {err} (run again with --debug for the traceback)")
         raise typer.Exit(1) from None
 

@@ -74,6 +74,7 @@ class Console:
     _depth: int = 0
     _warned: set[str] = field(default_factory=set)
     timings: list[tuple[str, float]] = field(default_factory=list)  # finished phases of this command
+    failed_phase: str | None = None  # the phase the last failure happened in
     sync_timings: bool = False  # wait for the GPU at each phase's end, so its seconds are its own (bench)
 
     @property
@@ -86,6 +87,7 @@ class Console:
         self.quiet, self.json_mode = quiet, json_mode
         self._warned.clear()
         self.timings.clear()
+        self.failed_phase = None
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -133,8 +135,13 @@ class Console:
         """A progress bar for one phase (load, sample, decode, train); nested calls share one display.
         Each phase that completes is added to `timings` as (description, seconds)."""
         started = time.perf_counter()
-        with self._bar(description, total, unit) as bar:
-            yield bar
+        self.failed_phase = None
+        try:
+            with self._bar(description, total, unit) as bar:
+                yield bar
+        except BaseException:
+            self.failed_phase = self.failed_phase or description  # the innermost: errors name where
+            raise
         if self.sync_timings:
             torch = sys.modules.get("torch")
             if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():

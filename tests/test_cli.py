@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
 from typer.testing import CliRunner
 
 from commands.app import app
@@ -95,3 +97,37 @@ def test_log_lines_are_not_wrapped_on_a_narrow_stderr() -> None:
         f"{long_path}: 256x144 resized to cover 96x64 and centre-cropped",
         "warning: frames of 96x64 are too small for the invisible watermark (needs 256x256 pixels)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
+                                     "of 23.6 GiB of which 1.2 GiB is free."),
+         "gm: error: out of GPU memory during 'sample': Tried to allocate 20.00 GiB (try --low-vram,"),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried "
+                      "to allocate 800000000000 bytes."),
+         "gm: error: out of CPU memory during 'sample': not enough memory: you tried to allocate 800000000000 bytes "
+         "(try a smaller size"),
+    ],
+)
+def test_out_of_memory_is_a_one_line_error_naming_the_phase(raised: Exception, expected: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from commands._common import run
+    from gm.console import console
+
+    def body() -> None:
+        with console.task("load x", total=1):
+            pass
+        with console.task("sample", total=3):
+            raise raised
+
+    with pytest.raises(typer.Exit) as exit_:
+        run(body)
+    assert exit_.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and err.count("\n") == 1 and "internal error" not in err
+    with pytest.raises(ValueError):  # anything else is still a bug: internal error, or the traceback with --debug
+        run(lambda: (_ for _ in ()).throw(ValueError("x")), debug=True)

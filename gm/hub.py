@@ -254,8 +254,10 @@ def hub_error(item: Item, file: RemoteFile, err: Exception) -> GmError:
         what = "is gated" if item.gated or isinstance(err, GatedRepoError) else "needs authorisation"
         return CheckpointError(f"{repo} {what} (HTTP {status_code}): cannot download {name}", gated_hint)
     if isinstance(err, EntryNotFoundError):
+        source = "the preset's checkpoint.file or checkpoint.repo" if item.name not in {i.name for i in FROZEN} \
+            else f"gm's entry for {item.name}"
         return CheckpointError(f"{name} not found in {repo} (HTTP 404)",
-                               "the preset's checkpoint.file or checkpoint.repo is wrong")
+                               f"{source} no longer matches the Hub, or HF_ENDPOINT points elsewhere")
     if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError)):
         return CheckpointError(f"repository {repo} not found (HTTP {status_code})",
                                "check the preset's checkpoint.repo, or HF_ENDPOINT")

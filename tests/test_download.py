@@ -211,6 +211,7 @@ def test_gated_404_and_sha_mismatch(env) -> None:
         assert f"accept the licence at https://huggingface.co/{repo} and set HF_TOKEN" in line
         assert f"HTTP {code}" in line and "not found" not in line
     assert "missing.safetensors not found in org/ok (HTTP 404)" in missing
+    assert "the preset's checkpoint.file or checkpoint.repo no longer matches the Hub" in missing
     assert "sha256 mismatch" in corrupt
     folder = work / "checkpoints"
     assert not (folder / "corrupt.safetensors").exists()
@@ -231,6 +232,7 @@ def test_training_encoder_saved_under_the_preset_name(env) -> None:
         ROOT / "presets" / "txt2img-clipl.toml").read_text()
     vae = gm(environ, work, "sdxl-vae")  # not on the fake Hub: the error names the file and repo
     assert vae.returncode == 1 and "sdxl_vae.safetensors not found in stabilityai/sdxl-vae (HTTP 404)" in vae.stderr
+    assert "gm's entry for sdxl-vae no longer matches the Hub" in vae.stderr  # not a preset: no preset keys named
 
 
 def test_connection_drop_resumes(env) -> None:

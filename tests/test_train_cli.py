@@ -116,7 +116,14 @@ def test_ddp_gloo_matches_single_process(tmp_path: Path) -> None:
 def test_bad_inputs(tmp_path: Path) -> None:
     preset = _preset(tmp_path)
     res = _gm(str(preset), "--set", "train.learning_rat=3", cwd=tmp_path)
-    assert res.returncode == 1 and "unknown key 'learning_rat'" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr  # the command line's mistake: a usage error
+    assert res.stderr.startswith("gm: error: --set train: unknown key 'learning_rat' (valid keys: ")
+    res = _gm(str(preset), "--set", "train.lr=-1", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith("gm: error: --set train.lr: expected a positive number")
+    broken = tmp_path / "broken.toml"
+    broken.write_text(preset.read_text().replace("[train]", "[train]\nlearning_rat = 3", 1))
+    res = _gm(str(broken), "--set", "train.lr=0.001", cwd=tmp_path)  # the file's own mistake: exit 1, names it
+    assert res.returncode == 1 and f"{broken} [train]: unknown key 'learning_rat'" in res.stderr
     res = _gm("mnist-cond", "--out", "m", cwd=tmp_path)
     assert res.returncode == 1 and "gm download mnist" in res.stderr
     assert not (tmp_path / "m").exists()  # a failed start leaves no run folder to block `--out m`

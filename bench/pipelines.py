@@ -96,8 +96,8 @@ def run_case(name: str, small: bool, compile_: bool, repeat: int, tmp_root: str 
             size = write_random_checkpoint(MANIFESTS / case.manifest, ckpt)
             print(f"{name}: random checkpoint {size / 2**30:.2f} GiB written in {time.perf_counter() - t0:.0f} s",
                   flush=True)
-            argv = [*case.args, *(case.small if small else ()), *(["--compile"] if compile_ else []),
-                    "--checkpoint", str(ckpt), "--out", str(Path(tmp) / "out"), "--quiet"]
+            shown = [*case.args, *(case.small if small else ()), *(["--compile"] if compile_ else [])]
+            argv = [*shown, "--checkpoint", str(ckpt), "--out", str(Path(tmp) / "out"), "--quiet"]
             runs = []
             for i in range(repeat):
                 r = run_once(argv)
@@ -112,7 +112,7 @@ def run_case(name: str, small: bool, compile_: bool, repeat: int, tmp_root: str 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return {"case": name, "preset": case.preset, "work": case.work if not small else "small: " + " ".join(case.small),
-            "compile": compile_, "checkpoint_gib": size / 2**30, "argv": argv[:-5], "runs": runs}
+            "compile": compile_, "checkpoint_gib": size / 2**30, "argv": shown, "runs": runs}
 
 
 def main() -> None:

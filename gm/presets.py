@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -167,21 +168,35 @@ def parse(data: dict[str, Any], source: str) -> Preset:
     return preset
 
 
-def load(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
-    """Read a preset and apply `table.key=value` overrides."""
+def load(name_or_path: str, overrides: list[str] | tuple[str, ...] = (),
+         check: Callable[[Preset], object] | None = None) -> Preset:
+    """Read a preset, apply `table.key=value` overrides and run `check` (a caller's own validation,
+    e.g. of the [train] table). A mistake that only the overrides make is an OverrideError that
+    names `--set table.key` (exit 2); a mistake in the file itself names the file (exit 1)."""
     path = find(name_or_path)
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise PresetError(f"{path}: not valid TOML: {err}") from None
+
+    def build(values: dict[str, Any]) -> Preset:
+        preset = parse(values, str(path))
+        if check is not None:
+            check(preset)
+        return preset
+
     try:
-        return parse(apply_overrides(data, overrides, str(path)), str(path))
+        return build(apply_overrides(data, overrides, str(path)))
     except PresetError as err:
         if not overrides:
             raise
-        parse(data, str(path))  # a mistake in the file itself is reported as the file's
-        raise OverrideError(err.message.replace(f"{path}.", "--set ", 1), err.hint) from None
+        build(data)  # a mistake in the file itself is reported as the file's
+        # "<file>.sampler.steps: ..." and "<file> [train].lr: ..." both become "--set <table>.<key>: ..."
+        message = err.message.replace(f"{path}.", "--set ", 1)
+        if message.startswith(f"{path} ["):
+            message = message.replace(f"{path} [", "--set ", 1).replace("]", "", 1)
+        raise OverrideError(message, err.hint) from None
 
 
 def parse_value(text: str) -> Any:

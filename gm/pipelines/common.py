@@ -71,13 +71,12 @@ def keep_loaded(on: bool) -> None:
 def load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None = None,
          unsafe_pickle: bool = False) -> Engine:
     """Build on meta and strictly load the preset's checkpoint onto the runtime's home device."""
+    if _kept is None:
+        return _load(preset, runtime, checkpoint, unsafe_pickle)
     key = (json.dumps(preset.to_dict(), sort_keys=True, default=str), runtime, str(checkpoint), unsafe_pickle)
-    if _kept is not None and key in _kept:
-        return _kept[key]
-    engine = _load(preset, runtime, checkpoint, unsafe_pickle)
-    if _kept is not None:
-        _kept[key] = engine
-    return engine
+    if key not in _kept:
+        _kept[key] = _load(preset, runtime, checkpoint, unsafe_pickle)
+    return _kept[key]
 
 
 def _load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None, unsafe_pickle: bool) -> Engine:

@@ -90,8 +90,7 @@ def resolve_preset(opts: TrainOptions, run_dir: Path | None) -> Preset:
         if value is not None:
             overrides.append(f"{key}={value!r}")
     source = str(run_dir / "config.toml") if run_dir is not None else opts.preset
-    preset = presets.load(source, overrides)
-    check_train_tables(preset, source, bool(overrides))
+    preset = presets.load(source, overrides, check=check_train_tables)
     if preset.family != "train":
         raise UsageError(f"preset {preset.name} is a {preset.family} preset, not a training recipe",
                          f"pick one of: {', '.join(n for n in presets.available() if 'mnist' in n or 'digits' in n)}")
@@ -103,24 +102,12 @@ def resolve_preset(opts: TrainOptions, run_dir: Path | None) -> Preset:
     return preset
 
 
-def check_train_tables(preset: Preset, source: str, overridden: bool) -> None:
-    """[train] and [data] are checked here, before anything runs. A mistake that only the --set
-    values make is the command line's: it names --set and is a usage error (exit 2)."""
-    from gm.errors import OverrideError, PresetError
+def check_train_tables(preset: Preset) -> None:
+    """[train] and [data] are checked while the preset loads, before anything runs."""
     from gm.train.config import data_config, train_config
 
-    try:
+    if preset.family == "train":
         train_config(preset), data_config(preset)
-    except PresetError as err:
-        if not overridden or preset.family != "train":
-            raise
-        try:
-            base = presets.load(source)
-            train_config(base), data_config(base)
-        except PresetError:
-            raise err from None  # the file itself is wrong: its own error (exit 1)
-        message = err.message.replace(f"{preset.source} [", "--set ", 1).replace("]", "", 1)
-        raise OverrideError(message, err.hint) from None
 
 
 def out_dir(opts: TrainOptions) -> Path | None:

@@ -46,7 +46,7 @@ from gm.presets import Preset
 
 # Peak bytes per output pixel of one frame in the fp32 temporal VAE decoder: measured 3590 B/px on
 # the CPU (peak RSS growth of one decode call, the same for 2 and 4 frames at 144x256 and 2 at
-# 288x512; BENCHMARKS.md), rounded up to 4096 for GPU convolution workspaces, i.e. ~2.3 GiB per
+# 288x512; bench/decode_peak.py), rounded up to 4096 for GPU convolution workspaces, i.e. ~2.3 GiB per
 # 576x1024 frame. Auto --decoding-t takes as many frames as 90 % of the free memory holds, but no
 # more than DECODE_BUDGET: SVD-XT then stays near its ~12 GB sampling peak by default instead of
 # growing to whatever the card has (the reference's 14-frame chunks OOM on 40 GB cards).

@@ -4,6 +4,7 @@
 #   here:    bash bench/device-wheels.sh [--with-peer]      (the wheels the image lacks, into .whl/)
 #   device:  bash bench/device.sh pipelines                  carry [".whl"]  (~5 min: SDXL, SVD-XT, SV4D 2.0)
 #            bash bench/device.sh compile                    carry [".whl"]  (~4 min: SDXL with --compile)
+#            bash bench/device.sh compile-cl                 carry [".whl"]  (~4 min: the same, channels_last)
 #            bash bench/device.sh calls                      carry [".whl"]  (needs --with-peer wheels)
 # Every figure lands in $OUT (JSON + log); copy them into BENCHMARKS.md.
 set -uo pipefail
@@ -21,7 +22,9 @@ case "${1:-pipelines}" in
                    --json "$OUT/pipelines.json" 2>&1 | tee "$OUT/pipelines.log" ;;
     compile)   python3 bench/pipelines.py --cases sdxl --compile --repeat 3 --tmp /tmp \
                    --json "$OUT/compile.json" 2>&1 | tee "$OUT/compile.log" ;;
+    compile-cl) python3 bench/pipelines.py --cases sdxl --compile --set perf.channels_last=true --repeat 3 \
+                   --tmp /tmp --json "$OUT/compile-cl.json" 2>&1 | tee "$OUT/compile-cl.log" ;;
     calls)     python3 bench/run.py --load-preset "${GM_BENCH_LOAD:-none}" --json "$OUT/calls.json" 2>&1 \
                    | tee "$OUT/calls.log" ;;
-    *)         echo "usage: bash bench/device.sh pipelines|compile|calls" >&2; exit 2 ;;
+    *)         echo "usage: bash bench/device.sh pipelines|compile|compile-cl|calls" >&2; exit 2 ;;
 esac

@@ -29,19 +29,26 @@ class CaseResult:
     max_abs_diff: float | None
     rel_diff: float | None  # max abs diff / max |gm output|
     skip_reason: str
+    compiled: bool = False
+    first_call_s: float = 0.0  # gm's first (warm-up) call: includes torch.compile's work when compiled
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def run_case(name: str, sizes: Sizes, dtype: torch.dtype, device: torch.device, budget_s: float,
-             tolerance: float) -> CaseResult:
+             tolerance: float, compile: bool = False) -> CaseResult:
     """Build the case, check gm == peer on a first (warm-up) call of each, then measure each one's
     peak on a second call (the first call of a shape also pays one-time allocations, e.g. the
-    oneDNN primitive cache, which would fall on whichever model ran first), then time both."""
+    oneDNN primitive cache, which would fall on whichever model ran first), then time both.
+
+    `compile`: gm's call goes through torch.compile (static shapes, as `gm --compile`) and the
+    peer stays eager; the first call then also pays the compilation."""
     t0 = time.perf_counter()
     prep = CASES[name](sizes, dtype, device)
     build_s = time.perf_counter() - t0
+    if compile:
+        prep.gm = torch.compile(prep.gm, dynamic=False)
     ref, gm_first, _ = peak_call(prep.gm, device)
     ref = ref.float().cpu()
     diff = rel = None
@@ -62,7 +69,7 @@ def run_case(name: str, sizes: Sizes, dtype: torch.dtype, device: torch.device, 
     gm_t = timing(times[0], gm_peak)
     peer_t = timing(times[1], peer_peak) if prep.peer is not None else None
     result = CaseResult(name, prep.shape, prep.params / 1e6, build_s, gm_t, peer_t, diff, rel,
-                        prep.skip_reason)
+                        prep.skip_reason, compile, gm_first)
     del prep, ref
     gc.collect()
     if device.type == "cuda":

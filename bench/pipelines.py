@@ -1,6 +1,7 @@
 """Whole pipelines on full-size random checkpoints: the real `gm` commands, timed phase by phase.
 
-    python bench/pipelines.py [--cases sdxl,svd-xt,sv4d2] [--compile] [--repeat 2] [--small] [--json F]
+    python bench/pipelines.py [--cases sdxl,svd-xt,sv4d2] [--compile] [--set KEY=VALUE ...] [--repeat 2]
+                              [--small] [--json F]
 
 Each case streams a random checkpoint with every tensor of the released file (tests/manifests,
 fp16) to a temporary folder and runs the command in this process `--repeat` times with the engine
@@ -81,7 +82,8 @@ def run_once(argv: list[str]) -> dict:
             "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
-def run_case(name: str, small: bool, compile_: bool, repeat: int, tmp_root: str | None) -> dict:
+def run_case(name: str, small: bool, compile_: bool, repeat: int, tmp_root: str | None,
+             sets: tuple[str, ...] = ()) -> dict:
     from bench.weights import write_random_checkpoint
     from gm.console import console
     from gm.pipelines import common
@@ -96,7 +98,8 @@ def run_case(name: str, small: bool, compile_: bool, repeat: int, tmp_root: str 
             size = write_random_checkpoint(MANIFESTS / case.manifest, ckpt)
             print(f"{name}: random checkpoint {size / 2**30:.2f} GiB written in {time.perf_counter() - t0:.0f} s",
                   flush=True)
-            shown = [*case.args, *(case.small if small else ()), *(["--compile"] if compile_ else [])]
+            shown = [*case.args, *(case.small if small else ()), *(["--compile"] if compile_ else []),
+                     *(arg for item in sets for arg in ("--set", item))]
             argv = [*shown, "--checkpoint", str(ckpt), "--out", str(Path(tmp) / "out"), "--quiet"]
             runs = []
             for i in range(repeat):
@@ -119,6 +122,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     ap.add_argument("--compile", action="store_true", help="run the commands with --compile")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed on to every command, e.g. perf.channels_last=true")
     ap.add_argument("--repeat", type=int, default=2, help="runs per case, the engine kept loaded (default 2)")
     ap.add_argument("--small", action="store_true", help="tiny sizes (the default without a GPU)")
     ap.add_argument("--tmp", default=None, help="folder for the random checkpoints (default: the system's)")
@@ -128,7 +133,7 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "small": small, "cases": []}
     for name in [c for c in args.cases.split(",") if c]:
-        report["cases"].append(run_case(name, small, args.compile, args.repeat, args.tmp))
+        report["cases"].append(run_case(name, small, args.compile, args.repeat, args.tmp, tuple(args.set)))
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
 

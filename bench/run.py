@@ -1,6 +1,6 @@
 """`make bench`: gm vs diffusers per call, checkpoint loading, CLI start-up; prints a report.
 
-Usage: python bench/run.py [--cases a,b] [--load-preset sd-2.1|sdxl-base-1.0|none] [--json out.json]
+Usage: python bench/run.py [--cases a,b] [--compile] [--load-preset sd-2.1|sdxl-base-1.0|none] [--json out.json]
 On a GPU the release resolutions are used (bf16 by default); on the CPU small spatial sizes with
 the released channel/depth configurations in fp32 (bench/cases.py).
 """
@@ -56,6 +56,8 @@ def print_case(r: CaseResult) -> None:
         line += f" | peer skipped: {r.skip_reason}"
     if r.name.endswith("unet-step"):
         line += f" | {1 / g.median_s:.3f} it/s (one CFG step)"
+    if r.compiled:
+        line += f" | compiled, first call {r.first_call_s:.0f}s"
     print(line + f"  [n={len(g.runs)}, build {r.build_s:.0f}s]", flush=True)
 
 
@@ -67,6 +69,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of timed calls per model (2-5 calls)")
     ap.add_argument("--load-preset", default="sd-2.1", help="sd-2.1 | sdxl-base-1.0 | none")
     ap.add_argument("--manifests", type=Path, default=ROOT.parent / "shared" / "manifests")
+    ap.add_argument("--compile", action="store_true", help="torch.compile gm's calls (the peer stays eager)")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -86,10 +89,11 @@ def main() -> None:
         print("slowest top-level imports of `gm --help`:",
               ", ".join(f"{name} {sec:.3f}s" for sec, name in report["slowest_imports"]), flush=True)
 
-    print(f"\n== per call, gm vs diffusers, same weights and inputs ({device}, {dtype}) ==", flush=True)
+    print(f"\n== per call, gm{' (compiled)' if args.compile else ''} vs diffusers, same weights and inputs "
+          f"({device}, {dtype}) ==", flush=True)
     report["cases"] = []
     for name in [c for c in args.cases.split(",") if c]:
-        result = run_case(name, sizes, dtype, device, args.budget, tolerance)
+        result = run_case(name, sizes, dtype, device, args.budget, tolerance, args.compile)
         print_case(result)
         report["cases"].append(result.to_dict())
 

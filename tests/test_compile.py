@@ -46,7 +46,7 @@ def strict_compile(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     real = torch.compile
 
     def strict(fn, **options):
-        compiled.append(getattr(fn, "__name__", type(fn).__name__))
+        compiled.append(f"{type(fn.__self__).__name__}.{fn.__name__}")
         return real(fn, fullgraph=True, backend="eager", **options)
 
     monkeypatch.setattr(torch, "compile", strict)
@@ -57,8 +57,10 @@ def strict_compile(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 def run(checkpoints: Path, monkeypatch: pytest.MonkeyPatch, out: Path, *args: str) -> Path:
     monkeypatch.setenv("GM_CHECKPOINTS", str(checkpoints))
-    result = CliRunner().invoke(app, [*args, "--seed", "3", "--out", str(out), "-q"])
+    result = CliRunner().invoke(app, [*args, "--seed", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    cpu_note = "--compile on the CPU: the first step compiles for minutes" in result.output
+    assert cpu_note == ("--compile" in args), result.output  # what freezing costs, said once
     return out
 
 
@@ -90,9 +92,9 @@ COMMANDS = {
                 "--steps", "1", "--device", "cpu"],
 }
 COMPILED = {  # the denoiser network and the VAE decode of each command's engines
-    "txt2img": ["UNet", "decode"],
-    "img2vid": ["VideoUNet", "decode"],
-    "video4d": ["SV4DUNet", "decode"],
+    "txt2img": ["UNet.forward", "Autoencoder.decode"],
+    "img2vid": ["VideoUNet.forward", "VideoAutoencoder.decode"],
+    "video4d": ["SV4DUNet.forward", "Autoencoder.decode"],
 }
 
 
@@ -118,3 +120,15 @@ def test_inductor_compile_matches_eager(checkpoints: Path, tmp_path: Path, monke
     compiled = run(checkpoints, monkeypatch, tmp_path / "compiled", *COMMANDS["txt2img"], "--compile")
     torch._dynamo.reset()
     assert_same_outputs(eager, compiled, tolerance=1)
+
+
+def test_cpu_compile_is_skipped_when_ram_cannot_hold_the_frozen_copy(
+    checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strict_compile: list[str]
+) -> None:
+    monkeypatch.setattr("gm.device.available_ram", lambda: 1000)
+    monkeypatch.setenv("GM_CHECKPOINTS", str(checkpoints))
+    result = CliRunner().invoke(app, [*COMMANDS["txt2img"], "--compile", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert strict_compile == []
+    assert "warning: --compile skipped: on the CPU it keeps a second, packed copy" in result.output
+    assert "only 0.0 GiB of RAM is available (running uncompiled)" in result.output

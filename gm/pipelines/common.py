@@ -85,11 +85,30 @@ def _load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None, unsaf
                              vae_dtype=runtime.vae_dtype, unsafe_pickle=unsafe_pickle)
     if preset.perf.channels_last:  # NHWC convolutions: faster with cuDNN in fp16/bf16
         engine.to(memory_format=torch.channels_last)
-    if runtime.compile:  # static shapes; the first call of each shape compiles
-        engine.model.diffusion_model = torch.compile(engine.model.diffusion_model, dynamic=False)
-        if engine.vae is not None:
-            engine.vae.decode = torch.compile(engine.vae.decode, dynamic=False)
+    if runtime.compile:
+        _compile(engine, runtime)
     return engine
+
+
+def _compile(engine: Engine, runtime: Runtime) -> None:
+    """--compile: the network's forward and the VAE decode (methods, not modules, so that .to() and
+    state_dict() keep working). On the CPU the frozen weights are a second, packed copy (one per
+    compiled shape), so it is skipped with a warning when RAM cannot hold them."""
+    network = engine.model.diffusion_model
+    if runtime.device.type == "cpu":
+        weights = sum(p.numel() * p.element_size() for p in network.parameters())
+        available = dev.available_ram()
+        if available is not None and available < 1.25 * weights:
+            console.warn(f"--compile skipped: on the CPU it keeps a second, packed copy of the "
+                         f"{weights / 2**30:.1f} GiB of denoiser weights and only {available / 2**30:.1f} GiB of "
+                         "RAM is available (running uncompiled)")
+            return
+        console.warn_once(f"--compile on the CPU: the first step compiles for minutes, later steps run about 2x "
+                          f"faster, and RAM holds a second, packed copy of the {weights / 2**30:.1f} GiB of "
+                          "denoiser weights")
+    network.forward = dev.compiled(network.forward, runtime.device)
+    if engine.vae is not None:
+        engine.vae.decode = dev.compiled(engine.vae.decode, runtime.device)
 
 
 @contextmanager

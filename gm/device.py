@@ -5,6 +5,7 @@ Nothing else in gm hard-codes CUDA (the reference does: REFERENCE.md §8 item 5)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,9 @@ def compiled(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]
     if device.type != "cpu":
         return compiled_fn
     from torch._inductor import config as inductor_config
+
+    # Its "No CUDA runtime is found, using CUDA_HOME=..." line is noise for a CPU build.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
     def frozen(*args: Any, **kwargs: Any) -> Any:
         with inductor_config.patch(freezing=True):  # read when a new shape is traced and compiled

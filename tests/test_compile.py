@@ -59,7 +59,7 @@ def run(checkpoints: Path, monkeypatch: pytest.MonkeyPatch, out: Path, *args: st
     monkeypatch.setenv("GM_CHECKPOINTS", str(checkpoints))
     result = CliRunner().invoke(app, [*args, "--seed", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    cpu_note = "--compile on the CPU: the first step compiles for minutes" in result.output
+    cpu_note = "--compile on the CPU: the first step compiles for minutes (cached on disk" in result.output
     assert cpu_note == ("--compile" in args), result.output  # what freezing costs, said once
     return out
 

@@ -103,9 +103,9 @@ def _compile(engine: Engine, runtime: Runtime) -> None:
                          f"{weights / 2**30:.1f} GiB of denoiser weights and only {available / 2**30:.1f} GiB of "
                          "RAM is available (running uncompiled)")
             return
-        console.warn_once(f"--compile on the CPU: the first step compiles for minutes, later steps run about 2x "
-                          f"faster, and RAM holds a second, packed copy of the {weights / 2**30:.1f} GiB of "
-                          "denoiser weights")
+        console.warn_once(f"--compile on the CPU: the first step compiles for minutes (cached on disk for later "
+                          f"runs), later steps run about 1.7x faster, and RAM holds a second, packed copy of the "
+                          f"{weights / 2**30:.1f} GiB of denoiser weights")
     network.forward = dev.compiled(network.forward, runtime.device)
     if engine.vae is not None:
         engine.vae.decode = dev.compiled(engine.vae.decode, runtime.device)

@@ -84,11 +84,14 @@ def compiled(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Free bytes on a CUDA device, None elsewhere."""
+    """Bytes a CUDA device can still give this process, None elsewhere: the driver's free memory
+    plus what PyTorch's caching allocator holds without using it (e.g. the UNet's freed
+    activations before a decode), which the next allocations reuse."""
     if device.type != "cuda":
         return None
     free, _total = torch.cuda.mem_get_info(device)
-    return int(free)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free + max(cached, 0))
 
 
 def available_ram() -> int | None:

@@ -74,3 +74,19 @@ def test_runtime_for_reads_the_perf_table_and_the_options() -> None:
     rt = runtime_for(tuned, "cpu")
     assert (rt.dtype, rt.vae_dtype, rt.low_vram) == (torch.bfloat16, torch.bfloat16, True)
     assert runtime_for(tuned, "cpu", dtype="fp32", low_vram=False).dtype is torch.float32
+
+
+def test_free_gpu_memory_counts_what_the_allocator_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After sampling, the UNet's freed activations sit in PyTorch's cache: the driver does not
+    count them as free, but the decode's allocations will reuse them."""
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 12 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 * gib)
+    assert dev.free_memory(torch.device("cuda")) == 11 * gib
+    assert dev.free_memory(torch.device("cpu")) is None
+
+
+def test_available_ram_reads_meminfo() -> None:
+    available = dev.available_ram()
+    assert available is not None and 0 < available < 2**50

@@ -6,6 +6,7 @@
 #            bash bench/device.sh compile                    carry [".whl"]  (~4 min: SDXL with --compile)
 #            bash bench/device.sh compile-cl                 carry [".whl"]  (~4 min: the same, channels_last)
 #            bash bench/device.sh calls                      carry [".whl"]  (needs --with-peer wheels)
+#            bash bench/device.sh calls-compile              carry [".whl"]  (gm compiled vs diffusers eager)
 # Every figure lands in $OUT (JSON + log); copy them into BENCHMARKS.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +27,7 @@ case "${1:-pipelines}" in
                    --tmp /tmp --json "$OUT/compile-cl.json" 2>&1 | tee "$OUT/compile-cl.log" ;;
     calls)     python3 bench/run.py --load-preset "${GM_BENCH_LOAD:-none}" --json "$OUT/calls.json" 2>&1 \
                    | tee "$OUT/calls.log" ;;
-    *)         echo "usage: bash bench/device.sh pipelines|compile|compile-cl|calls" >&2; exit 2 ;;
+    calls-compile) python3 bench/run.py --compile --dtype fp16 --cases sdxl-unet-step,sdxl-vae-decode,sd21-unet-step \
+                   --load-preset none --json "$OUT/calls-compile.json" 2>&1 | tee "$OUT/calls-compile.log" ;;
+    *)         echo "usage: bash bench/device.sh pipelines|compile|compile-cl|calls|calls-compile" >&2; exit 2 ;;
 esac

@@ -27,7 +27,7 @@ case "${1:-pipelines}" in
                    --tmp /tmp --json "$OUT/compile-cl.json" 2>&1 | tee "$OUT/compile-cl.log" ;;
     calls)     python3 bench/run.py --load-preset "${GM_BENCH_LOAD:-none}" --json "$OUT/calls.json" 2>&1 \
                    | tee "$OUT/calls.log" ;;
-    calls-compile) python3 bench/run.py --compile --dtype fp16 --cases sdxl-unet-step,sdxl-vae-decode,sd21-unet-step \
+    calls-compile) python3 bench/run.py --compile --dtype fp16 --cases sdxl-unet-step,sd21-unet-step \
                    --load-preset none --json "$OUT/calls-compile.json" 2>&1 | tee "$OUT/calls-compile.log" ;;
     *)         echo "usage: bash bench/device.sh pipelines|compile|compile-cl|calls|calls-compile" >&2; exit 2 ;;
 esac

@@ -32,7 +32,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda, cuda:N, mp
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Network precision: auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32.",
                                        rich_help_panel=PERF)]
 LowVramOpt = Annotated[bool, typer.Option("--low-vram", help="Keep only the running stage on the GPU.", rich_help_panel=PERF)]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser and VAE decode (slow first run).",
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser and VAE decode (slow first run; "
+                                                            "on the CPU it also holds a second copy of the weights).",
                                           rich_help_panel=PERF)]
 CheckpointOpt = Annotated[
     str | None,

@@ -1,6 +1,6 @@
 """Whole pipelines on full-size random checkpoints: the real `gm` commands, timed phase by phase.
 
-    python bench/pipelines.py [--cases sdxl,svd-xt,sv4d2] [--compile] [--set KEY=VALUE ...] [--repeat 2]
+    python bench/pipelines.py [--cases sdxl,sd21,svd-xt,sv4d2] [--compile] [--set KEY=VALUE ...] [--repeat 2]
                               [--small] [--json F]
 
 Each case streams a random checkpoint with every tensor of the released file (tests/manifests,

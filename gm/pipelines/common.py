@@ -96,7 +96,7 @@ def _compile(engine: Engine, runtime: Runtime) -> None:
     compiled shape), so it is skipped with a warning when RAM cannot hold them."""
     network = engine.model.diffusion_model
     if runtime.device.type == "cpu":
-        weights = sum(p.numel() * p.element_size() for p in network.parameters())
+        weights = weight_bytes(network)
         available = dev.available_ram()
         if available is not None and available < 1.25 * weights:
             console.warn(f"--compile skipped: on the CPU it keeps a second, packed copy of the "
@@ -109,6 +109,11 @@ def _compile(engine: Engine, runtime: Runtime) -> None:
     network.forward = dev.compiled(network.forward, runtime.device)
     if engine.vae is not None:
         engine.vae.decode = dev.compiled(engine.vae.decode, runtime.device)
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters (what moving it or copying its weights costs)."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 @contextmanager

@@ -41,6 +41,7 @@ from gm.pipelines.common import (
     on_device,
     run_sampler,
     sigmas_for,
+    weight_bytes,
 )
 from gm.presets import Preset
 
@@ -172,7 +173,7 @@ def decode_chunk(engine: Engine, runtime: Runtime, requested: int, frames: int, 
     free = dev.free_memory(runtime.device)
     if free is not None:
         if runtime.low_vram and engine.vae is not None:  # the VAE still has to move in
-            free -= sum(p.numel() * p.element_size() for p in engine.vae.parameters())
+            free -= weight_bytes(engine.vae)
         budget = min(int(0.9 * free), DECODE_BUDGET)
     chunk = max(1, min(frames, budget // (DECODE_BYTES_PER_PIXEL * height * width)))
     if free is not None:

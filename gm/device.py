@@ -63,10 +63,11 @@ def compiled(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]
     """`--compile`: torch.compile with static shapes (each new input shape compiles once).
 
     On the CPU the compiled function runs with inductor's weight freezing. Without it the
-    generated code was slower than eager (SD 2.1 UNet step 2.3 s against 1.4 s: oneDNN re-lays
+    generated code was slower than eager (SD 2.1 UNet step 2.2 s against 1.3 s: oneDNN re-lays
     out every convolution weight on every call); frozen, the weights are constants packed once,
-    and the step took 0.6-0.8 s, at the price of a packed copy of the weights for each compiled
-    shape (BENCHMARKS.md §7). On a GPU the default (unfrozen) compile is kept.
+    and the step took 0.5 s, at the price of a packed copy of the weights for each compiled
+    shape (BENCHMARKS.md §7, bench/compile_variants.py). On a GPU the default (unfrozen) compile
+    is kept.
     """
     compiled_fn = torch.compile(fn, dynamic=False)
     if device.type != "cpu":

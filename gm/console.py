@@ -107,14 +107,22 @@ class Console:
         self.err.print(f"gm: error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
 
     def result(self, path: Any = None, **fields: Any) -> None:
-        """One result on stdout: its path, or a JSON object with --json."""
-        if self.json_mode:
-            record = {"path": str(path)} if path is not None else {}
-            record.update(fields)
-            sys.stdout.write(json.dumps(record, default=str) + "\n")
-        elif path is not None:
-            sys.stdout.write(f"{path}\n")
-        sys.stdout.flush()
+        """One result on stdout: its path, or a JSON object with --json. When the reader has gone
+        (`gm ... | head -1`) stdout is pointed at /dev/null before BrokenPipeError goes up, so the
+        command can end quietly (exit 141, as `run` does) without a second error at exit."""
+        try:
+            if self.json_mode:
+                record = {"path": str(path)} if path is not None else {}
+                record.update(fields)
+                sys.stdout.write(json.dumps(record, default=str) + "\n")
+            elif path is not None:
+                sys.stdout.write(f"{path}\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            from gm.errors import silence_stdout
+
+            silence_stdout()
+            raise
 
     def _make_progress(self) -> Progress:
         return Progress(

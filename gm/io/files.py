@@ -1,19 +1,22 @@
 """Output files: numbered names in the output folder, written to a temporary name and renamed.
 
 Never overwrites: the final name is claimed with a hard link (atomic, fails if the name
-exists), so two gm processes writing to one folder cannot clobber each other, and a crash
-mid-write leaves only a hidden temporary file, never a half-written result.
+exists), so two gm processes writing to one folder cannot clobber each other. A failure mid-write
+(full disk, Ctrl-C, SIGTERM) removes the hidden temporary; a kill -9 can leave one behind, never
+a half-written result under a final name.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from gm.errors import InputError, UsageError
+from gm.errors import InputError, UsageError, disk_full, explain
 
 _NUMBER = re.compile(r"^(\d+)")
 
@@ -28,9 +31,10 @@ def ensure_dir(out_dir: str | Path) -> Path:
     missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _created.extend(reversed(missing))
     except OSError as err:
+        _created.extend(p for p in reversed(missing) if p.is_dir())  # the part that was made goes too
         raise UsageError(f"cannot create output folder {out}: {err.strerror}", "pick another --out") from None
+    _created.extend(reversed(missing))
     if not os.access(out, os.W_OK):
         raise UsageError(f"output folder {out} is not writable", "pick another --out")
     return out
@@ -61,15 +65,77 @@ def next_number(out_dir: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
+def _named(err: OSError, folder: Path) -> BaseException:
+    """A full disk or a refused folder as its one-line GmError; anything else unchanged."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full(folder)
+    return explain(err) or err
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
+
+
 def write_atomic(final: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, then move the result to `final` without ever replacing a file."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Call `write(tmp_path)`, then move the result to `final` without ever replacing a file.
+
+    The temporary (`.<stem>.XXXX.tmp<suffix>` beside `final`) is removed on every failure,
+    KeyboardInterrupt and SIGTERM included; a full disk is a DiskFullError naming the folder."""
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+        tmp = Path(tmp_name)
+        os.close(fd)
         write(tmp)
+        _fsync(tmp)  # the bytes are on disk before the name points at them
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
         os.link(tmp, final)  # atomic; raises FileExistsError instead of overwriting
+    except FileExistsError:
+        raise
+    except OSError as err:
+        raise _named(err, final.parent) from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return final
+
+
+def write_atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
+    """Like write_atomic for a folder of files (e.g. video frames): `write(tmp_dir)` fills a hidden
+    temporary folder that is renamed to `final` when complete (FileExistsError if `final` exists)."""
+    tmp: Path | None = None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        write(tmp)
+        for f in tmp.iterdir():
+            _fsync(f)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if final.exists():
+            raise FileExistsError(final)
+        os.rename(tmp, final)  # an empty folder at `final` (a race) would be replaced: checked above
+        tmp = None
+    except FileExistsError:
+        raise
+    except OSError as err:
+        raise _named(err, final.parent) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def write_text_atomic(final: Path, text: str, replace: bool = False) -> Path:
+    """A small text file (config, manifest) written atomically; `replace` allows an update in place."""
+    if not replace:
+        return write_atomic(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        _fsync(tmp)
+        os.replace(tmp, final)
+    except OSError as err:
+        raise _named(err, final.parent) from None
     finally:
         tmp.unlink(missing_ok=True)
     return final

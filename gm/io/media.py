@@ -8,16 +8,58 @@ a result is never half-written or overwritten.
 from __future__ import annotations
 
 import json
+import os
+import re
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from gm.errors import InputError
+from gm.errors import GmError, InputError, disk_full
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".webm", ".mkv")
+PIXEL_LIMIT_ENV = "GM_MAX_IMAGE_PIXELS"
+
+
+def pixel_limit() -> int | None:
+    """The largest image (width x height) gm decodes: $GM_MAX_IMAGE_PIXELS (0 = no limit), else
+    Pillow's decompression-bomb limit (178956970 pixels). A bigger file is refused before decoding."""
+    value = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not value:
+        return 2 * int(Image.MAX_IMAGE_PIXELS or 0) or None
+    try:
+        limit = int(value)
+    except ValueError:
+        raise GmError(f"{PIXEL_LIMIT_ENV}={value!r}: expected a whole number of pixels",
+                      f"e.g. {PIXEL_LIMIT_ENV}=400000000, or 0 for no limit") from None
+    return limit if limit > 0 else None
+
+
+def apply_pixel_limit() -> None:
+    """Make Pillow's guard (which raises above 2 x MAX_IMAGE_PIXELS) refuse exactly above
+    pixel_limit(), for every reader in the process (inputs, datasets, watermark checks)."""
+    if PIXEL_LIMIT_ENV in os.environ:
+        limit = pixel_limit()
+        Image.MAX_IMAGE_PIXELS = None if limit is None else (limit + 1) // 2
+        # between MAX and 2 x MAX Pillow only warns: the limit above is the one gm means
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def bomb_error(err: BaseException, path: object = None) -> InputError:
+    """Pillow's DecompressionBombError as a one-line error with the limit and how to raise it."""
+    numbers = [int(n) for n in re.findall(r"(\d+) pixels", str(err))]  # "(N pixels) exceeds limit of M pixels"
+    size, limit = (numbers + [0, 0])[:2]
+    name = path or "an image"
+    raise_to = f"{PIXEL_LIMIT_ENV}={size}" if size else f"{PIXEL_LIMIT_ENV}=<pixels>"
+    return InputError(f"{name}: image of {size or '?'} pixels is over the limit of {limit or '?'} pixels "
+                      "(Pillow's decompression-bomb guard)",
+                      f"if you trust the file, raise the limit deliberately: {raise_to} gm ...")
+
+
+apply_pixel_limit()
 
 
 def open_image(path: Path) -> Image.Image:
@@ -28,6 +70,8 @@ def open_image(path: Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return img.copy() if img.format != "GIF" else img.convert("RGBA")
+    except Image.DecompressionBombError as err:
+        raise bomb_error(err, path) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise InputError(f"{path}: not a readable image ({err.__class__.__name__})", "pass a .png/.jpg image") from None
 
@@ -67,24 +111,56 @@ def read_png_text(path: Path) -> dict[str, str]:
         return dict(getattr(img, "text", {}) or {})
 
 
-def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float, metadata: dict[str, str] | None = None) -> None:
-    """H.264 yuv420p mp4 (what the reference's imageio writer produces), metadata as container tags."""
+def _mp4_command(path: Path, size: tuple[int, int], fps: float, metadata: dict[str, str] | None) -> list[str]:
+    """ffmpeg reading raw rgb24 frames on stdin -> H.264 yuv420p at CRF 10: the command
+    imageio-ffmpeg's write_frames builds for quality 8 (so files are byte-identical to it)."""
+    from fractions import Fraction
+
     import imageio_ffmpeg
 
-    h, w = frames[0].shape[:2]
-    params: list[str] = []
+    w, h = size
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{w}x{h}",
+           "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+           "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "10"]
+    if w % 16 or h % 16:  # H.264 players want multiples of 16: scale up as imageio-ffmpeg does
+        cmd += ["-vf", f"scale={w + (-w) % 16}:{h + (-h) % 16}"]
+    cmd += ["-v", "error"]
     for key, value in (metadata or {}).items():
-        params += ["-metadata", f"{key}={value}"]
-    writer = imageio_ffmpeg.write_frames(
-        str(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        quality=8, macro_block_size=16, output_params=params, ffmpeg_log_level="error",
-    )
-    writer.send(None)
-    try:
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
-    finally:
-        writer.close()
+        cmd += ["-metadata", f"{key}={value}"]
+    return cmd + [str(path)]
+
+
+def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float, metadata: dict[str, str] | None = None) -> None:
+    """H.264 yuv420p mp4 (what the reference's imageio writer produces), metadata as container tags.
+
+    ffmpeg runs as a child whose exit status is checked (imageio-ffmpeg ignores it), so a full
+    disk or a dying encoder is an error here, never a truncated file that looks finished."""
+    import subprocess
+    import tempfile
+
+    h, w = frames[0].shape[:2]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(_mp4_command(path, (w, h), fps, metadata), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        try:
+            try:
+                for frame in frames:
+                    proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+                proc.stdin.close()
+            except BrokenPipeError:  # ffmpeg died: its exit status and log say why
+                pass
+            code = proc.wait()
+        except BaseException:  # interrupted: stop the encoder now, the caller drops the file
+            proc.kill()
+            proc.wait()
+            raise
+        if code != 0:
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace").strip()
+            if "No space left" in text or "Disk quota" in text:
+                raise disk_full(path)
+            last = text.splitlines()[-1] if text else f"exit status {code}"
+            raise GmError(f"ffmpeg could not write {path.name}: {last}", "check the output folder and disk space")
 
 
 def write_gif(path: Path, frames: Sequence[np.ndarray], fps: float, comment: str | None = None) -> None:
@@ -117,6 +193,8 @@ def iter_video(path: Path, mode: str = "RGB") -> Iterator[Image.Image]:
                 for index in range(getattr(img, "n_frames", 1)):
                     img.seek(index)
                     yield img.convert("RGBA")
+        except Image.DecompressionBombError as err:
+            raise bomb_error(err, path) from None
         except (UnidentifiedImageError, OSError) as err:
             raise InputError(f"{path}: not a readable gif ({err.__class__.__name__})") from None
         return

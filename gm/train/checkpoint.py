@@ -17,6 +17,7 @@ or a full disk never leaves a half checkpoint; older ones are pruned only after 
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import random
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from gm.errors import CheckpointError
+from gm.errors import CheckpointError, disk_full
 
 FORMAT = 1
 PREFIX = "step-"
@@ -107,19 +108,26 @@ def model_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
             if not k.startswith("first_stage_model.")}
 
 
+def _nbytes(*groups: dict[str, torch.Tensor] | None) -> int:
+    return sum(t.numel() * t.element_size() for g in groups if g for t in g.values())
+
+
 def save(folder: Path, saved: Saved, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None,
          opt: torch.optim.Optimizer, keep: int) -> Path:
-    """Write checkpoint `step-<step>` atomically; keep the newest `keep` (>= 1) afterwards."""
+    """Write checkpoint `step-<step>` atomically; keep the newest `keep` (>= 1) afterwards.
+
+    The hidden `.step-N.tmp-<pid>` folder is removed on any failure (Ctrl-C and SIGTERM too); a
+    full disk is a DiskFullError with the bytes a checkpoint needs."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{saved.step:08d}"
     tmp = folder / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    opt_tensors, opt_meta = optimizer_tensors(opt)
     try:
         tmp.mkdir()
         save_file(model, str(tmp / "model.safetensors"))
         if ema is not None:
             save_file(ema, str(tmp / "ema.safetensors"))
-        opt_tensors, opt_meta = optimizer_tensors(opt)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         state = {"format": FORMAT, "step": saved.step, "epoch": saved.epoch, "batch": saved.batch,
                  "optimizer": opt_meta, **saved.extra}
@@ -130,13 +138,49 @@ def save(folder: Path, saved: Saved, model: dict[str, torch.Tensor], ema: dict[s
         if final.exists():  # the same step saved again (e.g. signal right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as err:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"cannot write checkpoint {final}: {err.strerror or err}",
-                              "free disk space; the previous checkpoint is intact") from None
+        if not isinstance(err, Exception):
+            raise
+        text = f"{err.strerror or err}" if isinstance(err, OSError) else str(err)
+        if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in text \
+                or "code: 28" in text:
+            full = disk_full(folder, _nbytes(model, ema, opt_tensors))
+            raise CheckpointError(f"cannot write checkpoint {final.name}: {full.message}",
+                                  "free disk space; the previous checkpoint is intact") from None
+        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":
+            raise CheckpointError(f"cannot write checkpoint {final}: {text.splitlines()[0]}",
+                                  "free disk space; the previous checkpoint is intact") from None
+        raise
     for old in complete(folder)[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove `.step-N.tmp-<pid>` folders left by a process that no longer runs (kill -9, power
+    loss): a half checkpoint that nothing will finish. A live writer's folder is kept."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if not (p.name.startswith(f".{PREFIX}") and ".tmp-" in p.name):
+            continue
+        pid = p.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def complete(folder: Path) -> list[Path]:

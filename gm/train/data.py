@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gm.errors import InputError
+from gm.io.media import bomb_error
 from gm.train import formats
 from gm.train.config import DataConfig
 from gm.train.digits import make_digits
@@ -81,15 +83,46 @@ class FolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def check(self) -> None:
+        """Open every file's header (no decoding): a file that is not an image, unreadable or over
+        the pixel limit is an InputError naming it before training starts."""
+        for path in self.paths:
+            try:
+                with Image.open(path) as img:
+                    img.size  # noqa: B018 - the header is parsed by open
+            except Exception as err:  # noqa: BLE001 - any failure names the file
+                raise InputError(unreadable(path, err), "remove or replace the file") from None
+
     def __getitem__(self, i: int) -> Batch:
-        with Image.open(self.paths[i]) as img:
-            arr, original, crop = prepare_image(img, self.size, self.channels)
+        try:
+            with Image.open(self.paths[i]) as img:
+                arr, original, crop = prepare_image(img, self.size, self.channels)
+        except Exception as err:  # noqa: BLE001 - in a worker: the main process raises it, named
+            return {ERROR: unreadable(self.paths[i], err)}
         return {
             "jpg": to_unit_range(torch.from_numpy(arr.copy())),
             "cls": int(self.labels[i]),
             "original_size_as_tuple": torch.tensor(original, dtype=torch.float32),
             "crop_coords_top_left": torch.tensor(crop, dtype=torch.float32),
         }
+
+
+ERROR = "__error__"
+
+
+def unreadable(path: object, err: BaseException) -> str:
+    """`<file>: unreadable image (<why>)`: one line, whatever Pillow said."""
+    if isinstance(err, Image.DecompressionBombError):
+        return bomb_error(err, path).message
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"{path}: unreadable image ({detail})"
+
+
+def collate(items: list[Batch]) -> Batch:
+    """default_collate, except that a batch with an unreadable item becomes {ERROR: message}
+    (an exception raised in a DataLoader worker would arrive as a multi-line traceback)."""
+    bad = next((item[ERROR] for item in items if ERROR in item), None)
+    return {ERROR: bad} if bad is not None else torch.utils.data.default_collate(items)
 
 
 def _array(images: np.ndarray, labels: np.ndarray, cfg: DataConfig) -> ArrayDataset:
@@ -151,6 +184,9 @@ class MapBatches:
         sampler = [self._local(order, b).tolist() for b in range(start, self.batches_per_epoch)]
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=False,
+            pin_memory=self.pin_memory, persistent_workers=False, collate_fn=collate,
         )
-        yield from loader
+        for batch in loader:
+            if ERROR in batch:
+                raise InputError(batch[ERROR], "remove or replace the file, then --resume the run")
+            yield batch

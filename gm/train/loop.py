@@ -23,21 +23,25 @@ import torch.distributed as dist
 
 from gm import presets
 from gm.console import console
+from gm.errors import GmError, InputError
+from gm.io.files import write_text_atomic
 from gm.device import DTYPES, apply_speed_settings, cpu_generator
 from gm.models.build import validate
 from gm.train import checkpoint, samples
 from gm.train.classifier import per_class_accuracy, train_classifier
 from gm.train.config import data_config, train_config
-from gm.train.data import ArrayDataset, MapBatches, open_dataset
+from gm.train.data import ArrayDataset, FolderDataset, MapBatches, open_dataset
 from gm.train.ema import EMA
 from gm.train.model import DiffusionObjective, build_train_engine, draw, latent_shape
 from gm.train.run import (
     TrainOptions,
+    diverged,
     find_run,
     init_distributed,
     new_run_dir,
     out_dir,
-    resolve_preset,
+    resolve_resume,
+    resumed,
     share_path,
 )
 from gm.train.schedules import lr_factor
@@ -51,6 +55,7 @@ class TrainResult:
     grid: Path | None
     metrics: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    signum: int = 0  # the signal that stopped the run (SIGINT or SIGTERM), 0 if none
 
 
 class _StopFlag:
@@ -86,7 +91,7 @@ def train(opts: TrainOptions) -> TrainResult:
     if not d.main:
         console.configure(quiet=True)
     run_dir = find_run(opts.resume, opts.runs_root) if opts.resume else None
-    preset = resolve_preset(opts, run_dir)
+    preset, changes = resolve_resume(opts, run_dir)
     cfg, data_cfg = train_config(preset), data_config(preset)
     validate(preset)
     if data_cfg.batch_size % d.world:
@@ -102,14 +107,19 @@ def train(opts: TrainOptions) -> TrainResult:
         source: MapBatches | TarBatches = TarBatches(
             expand_urls(data_cfg.urls), data_cfg.batch_size, cfg.seed, data_cfg.image_size,
             data_cfg.channels or 3, data_cfg.caption_key, data_cfg.shuffle_buffer, d.rank, d.world)
+        with console.task("check data", total=1):
+            source.check()  # every shard readable, at least one batch: before any folder is made
         channels, size, dataset = data_cfg.channels or 3, data_cfg.image_size, None
     else:
         with console.task("load data", total=1):
             dataset = open_dataset(data_cfg, cfg.seed)
+            if isinstance(dataset, FolderDataset):
+                dataset.check()  # every file an image (headers): a bad one is named now, not mid-run
         source = MapBatches(dataset, data_cfg.batch_size, cfg.seed, d.rank, d.world,
                             data_cfg.num_workers, device.type == "cuda")
         if source.batches_per_epoch == 0:
-            raise presets.PresetError(f"data: {len(dataset)} examples are fewer than one batch of {data_cfg.batch_size}")
+            raise InputError(f"data: {len(dataset)} examples are fewer than one batch of {data_cfg.batch_size}",
+                             "add data or lower --batch-size")
         first = dataset.get(torch.arange(1)) if isinstance(dataset, ArrayDataset) else dataset[0]
         channels, size = first["jpg"].shape[-3], first["jpg"].shape[-1]
 
@@ -129,10 +139,12 @@ def train(opts: TrainOptions) -> TrainResult:
     step = epoch = batch_idx = 0
     if run_dir is not None:
         step, epoch, batch_idx = _restore(run_dir, engine, opt, ema, generator)
+        if d.main:
+            resumed(run_dir, step, preset, changes)
         console.log(f"resumed {run_dir} at step {step}")
     elif d.main:  # data and model are ready: only now does the run folder appear
         run_dir = new_run_dir(opts, preset.name)
-        (run_dir / "config.toml").write_text(presets.to_toml(preset))
+        write_text_atomic(run_dir / "config.toml", presets.to_toml(preset))
     run_dir = share_path(run_dir, d)
 
     per_epoch = source.batches_per_epoch
@@ -146,6 +158,8 @@ def train(opts: TrainOptions) -> TrainResult:
     num_idx = preset.denoiser.num_idx
 
     def save() -> None:
+        if not math.isfinite(float(loss_sum.sum())):  # never a checkpoint of diverged weights
+            diverged(step, run_dir)
         if d.main:
             extra = {"rng": checkpoint.rng_state(generator), "ema_updates": ema.num_updates if ema else 0,
                      "preset": preset.name, "world": d.world}
@@ -169,7 +183,9 @@ def train(opts: TrainOptions) -> TrainResult:
     with _StopFlag() as stop, console.task(f"train {preset.name}", total=total or None, unit="step") as bar:
         bar.advance(step)
         while (not total or step < total) and (cfg.max_steps or epoch < cfg.max_epochs) and not stopped:
+            progressed = batch_idx > 0  # resuming at an epoch's end may legitimately yield nothing
             for batch in source.iterate(epoch, batch_idx):
+                progressed = True
                 batch = _to_device(batch, device)
                 draws = draw(cfg, engine, data_cfg.batch_size, shape, d.rank, d.world, generator, num_idx)
                 with autocast:
@@ -196,6 +212,8 @@ def train(opts: TrainOptions) -> TrainResult:
                         dist.all_reduce(loss_sum)
                         loss_sum /= d.world
                     last_loss = loss_sum.item() / loss_n  # the one host sync per log interval
+                    if not math.isfinite(last_loss):
+                        diverged(step, run_dir)
                     now = time.perf_counter()
                     rate = window_images / max(now - window_start, 1e-9)
                     record = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "images_per_s": round(rate, 2)}
@@ -215,11 +233,14 @@ def train(opts: TrainOptions) -> TrainResult:
                 if stopped or step == total:
                     break
             else:
+                if not progressed:  # an epoch without one batch would loop here forever
+                    raise InputError(f"data: epoch {epoch} yielded no batch of {data_cfg.batch_size}",
+                                     "add data or lower --batch-size")
                 epoch, batch_idx = epoch + 1, 0
         save()
     if stopped:
         console.warn(f"stopped by signal {stopped} at step {step}; resume with: gm train --resume {run_dir}")
-        return TrainResult(run_dir, step, None, {"step": step}, interrupted=True)
+        return TrainResult(run_dir, step, None, {"step": step}, interrupted=True, signum=stopped)
     path, acc = grid("final.png")
     final = {"final": True, "step": step, "loss": None if math.isnan(last_loss) else last_loss,
              "grid": str(path) if path else None}

@@ -14,6 +14,7 @@ import glob
 import io
 import json
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,29 @@ def read_shard(path: Path) -> Iterator[dict[str, bytes]]:
                 current["__key__"] = sample_key.encode()
                 f = tar.extractfile(member)
                 current[ext.lower()] = f.read() if f is not None else b""
-    except tarfile.TarError as err:
-        raise InputError(f"{path}: not a readable tar shard ({err})") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        raise InputError(f"{path}: not a readable tar shard ({err or type(err).__name__})",
+                         "rebuild or remove the shard") from None
     if current:
         yield current
+
+
+def count_samples(path: Path) -> int:
+    """Samples in one shard, reading only the member headers (a truncated or corrupt tar fails)."""
+    keys = 0
+    last = None
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                name = member.name.rsplit("/", 1)[-1]
+                if not member.isfile() or "." not in name:
+                    continue
+                key = member.name[: len(member.name) - len(name)] + name.partition(".")[0]
+                keys, last = keys + (key != last), key
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        raise InputError(f"{path}: not a readable tar shard ({err or type(err).__name__})",
+                         "rebuild or remove the shard") from None
+    return keys
 
 
 def decode(sample: dict[str, bytes], size: int, channels: int, caption_key: str) -> Batch:
@@ -76,7 +96,7 @@ def decode(sample: dict[str, bytes], size: int, channels: int, caption_key: str)
     try:
         with Image.open(io.BytesIO(sample[ext])) as img:
             arr, original, crop = prepare_image(img, size, channels)
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise InputError(f"webdataset sample {key}: cannot decode its {ext} ({err})") from None
     meta = json.loads(sample["json"]) if "json" in sample else {}
     item: Batch = {
@@ -122,7 +142,21 @@ class TarBatches:
     rank: int = 0
     world: int = 1
 
-    batches_per_epoch = None  # unknown until a pass has been made
+    batches_per_epoch: int | None = None  # known after check()
+
+    def check(self) -> None:
+        """Before training starts: every shard readable and non-empty, at least one global batch in
+        all of them, and the first sample decodable. Sets batches_per_epoch."""
+        counts = [count_samples(p) for p in self.shards]
+        empty = [p for p, n in zip(self.shards, counts) if n == 0]
+        if empty:
+            raise InputError(f"{empty[0]}: empty tar shard (no samples)", "rebuild or remove the shard")
+        total = sum(counts)
+        if total < self.batch_size:
+            raise InputError(f"data: {total} samples in {len(self.shards)} shard(s) are fewer than one batch "
+                             f"of {self.batch_size}", "add shards or lower --batch-size")
+        self.batches_per_epoch = total // self.batch_size
+        decode(next(read_shard(self.shards[0])), self.size, self.channels, self.caption_key)
 
     def samples(self, epoch: int) -> Iterator[dict[str, bytes]]:
         rng = np.random.default_rng((self.seed, epoch))

@@ -131,7 +131,10 @@ def disk_full(where: object, needed: int | None = None) -> DiskFullError:
     from pathlib import Path
 
     folder = Path(str(where)) if where is not None else Path.cwd()
-    folder = folder if folder.is_dir() else folder.parent
+    try:
+        folder = folder if folder.is_dir() else folder.parent
+    except OSError:
+        folder = folder.parent
     sizes = [f"about {_human(needed)} needed"] if needed else []
     try:
         sizes.append(f"{_human(shutil.disk_usage(folder).free)} free")
@@ -156,7 +159,11 @@ def _os_error(err: OSError) -> GmError | None:
     if code in (errno.EACCES, errno.EPERM):
         from pathlib import Path
 
-        if Path(where).is_dir():
+        try:
+            is_dir = Path(where).is_dir()
+        except OSError:  # a parent folder we may not enter
+            is_dir = False
+        if is_dir:
             return GmError(f"{where}: permission denied (cannot write in this folder)",
                            f"pick another folder, or allow writing: chmod u+w {where}")
         return GmError(f"{where}: permission denied", f"check its permissions (ls -l {where}; chmod u+rw {where})")

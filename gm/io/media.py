@@ -159,7 +159,14 @@ def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float, metadata: di
             text = log.read().decode("utf-8", "replace").strip()
             if "No space left" in text or "Disk quota" in text:
                 raise disk_full(path)
-            last = text.splitlines()[-1] if text else f"exit status {code}"
+            if text:
+                last = text.splitlines()[-1]
+            elif code < 0:
+                import signal
+
+                last = f"stopped by {signal.Signals(-code).name}"  # e.g. SIGXFSZ: over the file size limit
+            else:
+                last = f"exit status {code}"
             raise GmError(f"ffmpeg could not write {path.name}: {last}", "check the output folder and disk space")
 
 

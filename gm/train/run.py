@@ -239,4 +239,5 @@ def diverged(step: int, run_dir: Path | None) -> None:
     last = checkpoint.complete(run_dir / "checkpoints") if run_dir is not None else []
     kept = f"; the last good checkpoint is {last[-1]}" if last else ""
     raise GmError(f"training diverged: the loss is not finite (NaN/Inf) by step {step}{kept}",
-                  "lower --lr, set train.grad_clip, or use precision fp32")
+                  f"resume with a lower lr (gm train --resume {run_dir} --lr ...), set train.grad_clip, "
+                  "or train in fp32" if run_dir is not None else "lower --lr, set train.grad_clip, or train in fp32")

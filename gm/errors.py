@@ -87,6 +87,14 @@ class Terminated(KeyboardInterrupt):
         return "terminated (SIGTERM)"
 
 
+def interruption(signum: int) -> KeyboardInterrupt:
+    """The exception for a run stopped by a signal it handled itself (training saves, then stops):
+    Terminated (exit 143) for SIGTERM, KeyboardInterrupt (exit 130) otherwise."""
+    import signal
+
+    return Terminated() if signum == getattr(signal, "SIGTERM", -1) else KeyboardInterrupt()
+
+
 _FILE_LOCALS = ("filename", "path", "file", "fp", "final", "tmp", "folder", "source")
 
 

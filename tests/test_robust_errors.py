@@ -244,3 +244,10 @@ def test_sigterm_handler_only_from_main_thread() -> None:
     thread.start()
     thread.join()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_interruption_by_signal() -> None:
+    from gm.errors import interruption
+
+    assert isinstance(interruption(signal.SIGTERM), Terminated) and interruption(signal.SIGTERM).exit_code == 143
+    assert type(interruption(signal.SIGINT)) is KeyboardInterrupt

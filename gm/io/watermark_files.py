@@ -174,5 +174,10 @@ def check_file(path: Path, frames: int | None = None) -> FileReport | Problem:
     except InputError as err:
         reason = err.message.removeprefix(f"{path}: ")
         return Problem(str(path), reason)
-    except (OSError, RuntimeError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # the limit and how to raise it, as everywhere
+        from gm.io.media import bomb_error
+
+        bomb = bomb_error(err, path)
+        return Problem(str(path), f"{bomb.message.removeprefix(f'{path}: ')} ({bomb.hint})")
+    except (OSError, RuntimeError, ValueError) as err:
         return Problem(str(path), f"not readable ({type(err).__name__}: {err})")

@@ -125,11 +125,6 @@ def _cli_overrides(opts: TrainOptions) -> list[str]:
     return overrides
 
 
-def resolve_preset(opts: TrainOptions, run_dir: Path | None) -> Preset:
-    """The effective preset; for --resume, the run's stored one with only the safe changes."""
-    return resolve_resume(opts, run_dir)[0]
-
-
 def resolve_resume(opts: TrainOptions, run_dir: Path | None) -> tuple[Preset, dict[str, tuple[object, object]]]:
     """(preset, changes): with --resume, the preset argument (or the run's config.toml) plus the
     options is compared with the run's config.toml; a change outside SAFE_ON_RESUME is refused,

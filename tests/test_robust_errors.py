@@ -251,3 +251,11 @@ def test_interruption_by_signal() -> None:
 
     assert isinstance(interruption(signal.SIGTERM), Terminated) and interruption(signal.SIGTERM).exit_code == 143
     assert type(interruption(signal.SIGINT)) is KeyboardInterrupt
+
+
+def test_image_reader_names_missing_and_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=f"^{tmp_path / 'gone.png'}: no such file or folder"):
+        media.open_image(tmp_path / "gone.png")
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(InputError, match="text.png: not a readable image"):
+        media.open_image(tmp_path / "text.png")

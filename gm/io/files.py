@@ -13,7 +13,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gm.errors import InputError, UsageError, disk_full, explain
@@ -65,11 +66,19 @@ def next_number(out_dir: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-def _named(err: OSError, folder: Path) -> BaseException:
-    """A full disk or a refused folder as its one-line GmError; anything else unchanged."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return disk_full(folder)
-    return explain(err) or err
+@contextmanager
+def _named_errors(folder: Path) -> Iterator[None]:
+    """A full disk or a refused folder becomes its one-line GmError (FileExistsError, which means
+    "take the next number", and unnamed OSErrors pass unchanged)."""
+    try:
+        yield
+    except FileExistsError:
+        raise
+    except OSError as err:
+        named = disk_full(folder) if err.errno in (errno.ENOSPC, errno.EDQUOT) else explain(err)
+        if named is None:
+            raise
+        raise named from None
 
 
 def _fsync(path: Path) -> None:
@@ -84,17 +93,14 @@ def write_atomic(final: Path, write: Callable[[Path], None]) -> Path:
     KeyboardInterrupt and SIGTERM included; a full disk is a DiskFullError naming the folder."""
     tmp: Path | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
-        tmp = Path(tmp_name)
-        os.close(fd)
-        write(tmp)
-        _fsync(tmp)  # the bytes are on disk before the name points at them
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
-        os.link(tmp, final)  # atomic; raises FileExistsError instead of overwriting
-    except FileExistsError:
-        raise
-    except OSError as err:
-        raise _named(err, final.parent) from None
+        with _named_errors(final.parent):
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+            tmp = Path(tmp_name)
+            os.close(fd)
+            write(tmp)
+            _fsync(tmp)  # the bytes are on disk before the name points at them
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
+            os.link(tmp, final)  # atomic; raises FileExistsError instead of overwriting
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -106,19 +112,16 @@ def write_atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
     temporary folder that is renamed to `final` when complete (FileExistsError if `final` exists)."""
     tmp: Path | None = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-        write(tmp)
-        for f in tmp.iterdir():
-            _fsync(f)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if final.exists():
-            raise FileExistsError(final)
-        os.rename(tmp, final)  # an empty folder at `final` (a race) would be replaced: checked above
-        tmp = None
-    except FileExistsError:
-        raise
-    except OSError as err:
-        raise _named(err, final.parent) from None
+        with _named_errors(final.parent):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+            write(tmp)
+            for f in tmp.iterdir():
+                _fsync(f)
+            os.chmod(tmp, 0o777 & ~_umask())
+            if final.exists():
+                raise FileExistsError(final)
+            os.rename(tmp, final)  # an empty folder at `final` (a race) would be replaced: checked above
+            tmp = None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -131,11 +134,10 @@ def write_text_atomic(final: Path, text: str, replace: bool = False) -> Path:
         return write_atomic(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        _fsync(tmp)
-        os.replace(tmp, final)
-    except OSError as err:
-        raise _named(err, final.parent) from None
+        with _named_errors(final.parent):
+            tmp.write_text(text, encoding="utf-8")
+            _fsync(tmp)
+            os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
     return final

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from gm.errors import GmError, InputError, disk_full
+from gm.errors import GmError, InputError, disk_full, explain
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".webm", ".mkv")
@@ -73,6 +73,9 @@ def open_image(path: Path) -> Image.Image:
     except Image.DecompressionBombError as err:
         raise bomb_error(err, path) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        named = explain(err) if isinstance(err, OSError) and err.errno else None  # permission, missing
+        if named is not None:
+            raise named from None
         raise InputError(f"{path}: not a readable image ({err.__class__.__name__})", "pass a .png/.jpg image") from None
 
 

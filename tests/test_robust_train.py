@@ -15,8 +15,8 @@ from PIL import Image
 
 from gm.errors import GmError, InputError, UsageError
 from gm.train import checkpoint
-from gm.train.data import FolderDataset, MapBatches, open_dataset
 from gm.train.config import DataConfig
+from gm.train.data import FolderDataset, MapBatches, open_dataset
 from gm.train.loop import train
 from gm.train.run import TrainOptions
 from gm.train.tars import TarBatches

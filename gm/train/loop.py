@@ -23,9 +23,9 @@ import torch.distributed as dist
 
 from gm import presets
 from gm.console import console
-from gm.errors import GmError, InputError
-from gm.io.files import write_text_atomic
 from gm.device import DTYPES, apply_speed_settings, cpu_generator
+from gm.errors import InputError
+from gm.io.files import write_text_atomic
 from gm.models.build import validate
 from gm.train import checkpoint, samples
 from gm.train.classifier import per_class_accuracy, train_classifier

@@ -5,6 +5,10 @@ Replaces main.py's argument handling (REFERENCE §4.1): the run folder
 `samples/` and `metrics.jsonl`. `--resume RUN|latest` reloads that folder's config.toml. Under
 `torchrun` (WORLD_SIZE > 1) a process group is started (NCCL on GPUs, gloo on CPUs); rank 0 owns
 the folder and the terminal.
+
+A resume compares that config.toml with the preset and options given now: only SAFE_ON_RESUME
+keys may differ (they are applied and recorded in metrics.jsonl); it also removes half checkpoints
+of dead processes and cuts metrics.jsonl back to the resumed step.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import torch
 import torch.distributed as dist
 
 from gm import presets
-from gm.device import pick_device
 from gm.console import console
+from gm.device import pick_device
 from gm.errors import GmError, UsageError
 from gm.presets import Preset
 from gm.train import checkpoint

@@ -164,3 +164,19 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path,
     assert [p.name for p in checkpoint.complete(folder)] == ["step-00000004", "step-00000008"]
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
     assert all(r.get("loss") is None or r["loss"] == r["loss"] for r in _metrics(tmp_path / "run"))  # no NaN logged
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.lr=nan", "--set train.lr: expected a finite number, got nan"),
+    ("train.grad_clip=inf", "--set train.grad_clip: expected a finite number, got inf"),
+    ("train.log_every=-5", "--set train.log_every: expected a number >= 0, got -5"),
+    ("train.ema_decay=1.5", "--set train: ema_decay must be in [0, 1] and betas in [0, 1)"),
+    ("data.num_workers=-1", "--set data.num_workers: expected a number >= 0, got -1"),
+])
+def test_numbers_checked_before_anything_runs(override: str, message: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _preset(tmp_path)
+    with pytest.raises(UsageError) as info:
+        train(TrainOptions(preset="tiny.toml", out="run", device="cpu", overrides=(override,)))
+    assert str(info.value) == message and not (tmp_path / "run").exists()

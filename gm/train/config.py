@@ -81,12 +81,29 @@ class DataConfig:
     val_fraction: float = 0.0
 
 
+def _check_numbers(cfg: object, where: str) -> None:
+    """Every float finite, counts and rates not negative: a NaN lr would train NaN weights silently."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise PresetError(f"{where}.{f.name}: expected a finite number, got {v}")
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 and f.name not in ("p_mean",):
+                raise PresetError(f"{where}.{f.name}: expected a number >= 0, got {v}")
+
+
 def train_config(preset: Preset) -> TrainConfig:
     cfg = from_dict(TrainConfig, preset.train or {}, f"{preset.source} [train]")
+    if not 0.0 <= cfg.ema_decay <= 1.0 or not all(0.0 <= b < 1.0 for b in cfg.betas):
+        raise PresetError(f"{preset.source} [train]: ema_decay must be in [0, 1] and betas in [0, 1)")
     if cfg.max_steps <= 0 and cfg.max_epochs <= 0:
         raise PresetError(f"{preset.source} [train]: set max_steps or max_epochs above 0")
     if cfg.lr <= 0:
         raise PresetError(f"{preset.source} [train].lr: expected a positive number, got {cfg.lr}")
+    _check_numbers(cfg, f"{preset.source} [train]")
     n = len(cfg.cycle_lengths)
     for name in ("warmup_steps", "f_start", "f_max", "f_min"):
         if cfg.lr_schedule in ("cosine_cycles", "linear_cycles") and len(getattr(cfg, name)) != n:
@@ -98,6 +115,7 @@ def data_config(preset: Preset) -> DataConfig:
     cfg = from_dict(DataConfig, preset.data or {}, f"{preset.source} [data]")
     if cfg.batch_size < 1:
         raise PresetError(f"{preset.source} [data].batch_size: expected at least 1, got {cfg.batch_size}")
+    _check_numbers(cfg, f"{preset.source} [data]")
     if cfg.kind == "webdataset" and not cfg.urls:
         raise PresetError(f"{preset.source} [data].urls: webdataset needs tar files",
                           "e.g. --set data.urls='[\"shards/*.tar\"]'")

@@ -98,7 +98,9 @@ def serve(argv: list[str]) -> int:
 
 def _timed(command: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
 
 
@@ -117,21 +119,35 @@ def bench(argv: list[str]) -> int:
     lines = [{"prompt": f"a photo of object {k}", "seed": k} for k in range(args.jobs)]
     jobs = work / "jobs.jsonl"
     jobs.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    gm = [sys.executable, "-m", "commands.app", "txt2img"]
-    per_command = sum(_timed([*gm, x["prompt"], "--seed", str(x["seed"]), "--preset", args.preset, "--device", "cpu",
-                              "-q", "-o", str(work / "single" / str(k))], env) for k, x in enumerate(lines))
-    serve_cmd = [sys.executable, str(Path(__file__).resolve()), "serve", str(jobs)]
-    one = _timed([*serve_cmd, str(work / "one"), "--preset", args.preset], env)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
-    rank1 = _timed([*torchrun, "1", *serve_cmd, str(work / "rank1"), "--preset", args.preset], env)
-    rank2 = _timed([*torchrun, "2", *serve_cmd, str(work / "rank2"), "--preset", args.preset], env)
     n = args.jobs
-    print(f"{n} jobs of {Path(args.preset).stem} on the CPU (wall seconds, whole commands, jobs/s = {n} / seconds)")
-    print("| how | seconds | jobs/s |\n|---|---|---|")
-    for name, seconds in ((f"{n} x `gm txt2img` (one command per job)", per_command),
-                          ("one process, `gm.batch` (one load)", one),
-                          ("torchrun, 1 rank (gloo)", rank1), ("torchrun, 2 ranks (gloo)", rank2)):
-        print(f"| {name} | {seconds:.1f} | {n / seconds:.2f} |")
+    print(f"{n} jobs of {Path(args.preset).stem} on the CPU (wall seconds of whole commands; jobs/s = {n} / seconds)")
+    print("| how | seconds | jobs/s | jobs/s inside the batch |\n|---|---|---|---|", flush=True)
+
+    def row(name: str, seconds: float, out: str | None = None) -> None:
+        inside = "-"
+        if out is not None:  # from the manifest: the busiest rank's summed job seconds (no start-up, no load)
+            from gm.batch import manifest
+
+            per_rank: dict[int, float] = {}
+            for record in manifest.read_records(work / out / manifest.MANIFEST):
+                per_rank[record["rank"]] = per_rank.get(record["rank"], 0.0) + record["seconds"]
+            inside = f"{n / max(per_rank.values()):.2f}"
+        print(f"| {name} | {seconds:.1f} | {n / seconds:.2f} | {inside} |", flush=True)
+
+    serve_cmd = [str(Path(__file__).resolve()), "serve", str(jobs), "--preset", args.preset]
+    row("one process, `gm.batch` (one load)", _timed([sys.executable, *serve_cmd, str(work / "one")], env), "one")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    row("torchrun, 1 rank", _timed([*torchrun, "1", *serve_cmd, str(work / "rank1")], env), "rank1")
+    row("torchrun, 2 ranks (gloo)", _timed([*torchrun, "2", *serve_cmd, str(work / "rank2")], env), "rank2")
+    gm = [sys.executable, "-m", "commands.app", "txt2img"]
+    row(f"{n} x `gm txt2img` (one command per job)",
+        sum(_timed([*gm, x["prompt"], "--seed", str(x["seed"]), "--preset", args.preset, "--device", "cpu", "-q",
+                    "-o", str(work / "single" / str(k))], env) for k, x in enumerate(lines)))
+    for k in range(n):  # the same image every way
+        image = (work / "single" / str(k) / "000000.png").read_bytes()
+        for way in ("one", "rank1", "rank2"):
+            assert (work / way / f"job-{k:06d}" / "000000.png").read_bytes() == image, (way, k)
+    print(f"all {n} images byte-identical across the four ways", flush=True)
     return 0
 
 

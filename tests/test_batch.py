@@ -180,3 +180,29 @@ def test_run_batch_directly(tmp_path: Path) -> None:
                         on_done=lambda job, paths, record: printed.append((job.name, paths)))
     assert summary.loads == 1 and summary.jobs_per_s > 0
     assert printed[0] == ("job-000000", [tmp_path / "out/job-000000/000000.npz", tmp_path / "out/job-000000/000000.png"])
+
+
+def test_progress_shows_the_batch_bar_and_only_the_running_jobs_phases(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console as RichConsole
+
+    from gm.console import console
+
+    monkeypatch.setattr(console, "err", RichConsole(file=io.StringIO(), force_terminal=True, width=120))
+    monkeypatch.setattr(console, "quiet", False)
+    seen: list[list[str]] = []
+
+    def run_one(model, job, folder):
+        for phase in ("encode", "sample"):  # the phases a pipeline shows inside one job
+            with console.task(phase, total=2) as bar:
+                bar.advance(2)
+        with console.task("decode", total=1) as bar:
+            seen.append([t.description for t in bar.progress.tasks if t.visible])
+        return toy.run_one(model, job, folder)
+
+    jobs = read_jobs(write_jobs(tmp_path / "j.jsonl", JOBS), toy.validate, toy.OPTIONS)
+    run_batch(jobs, toy.load_model, run_one, tmp_path / "out", on_done=None)
+    # the overall bar, then this job's phases (the earlier jobs' finished phases are gone)
+    assert seen == [["jobs", "encode", "sample", "decode"]] * 4
+    screen = console.err.file.getvalue()
+    assert "4/4" in screen and "job/s" in screen

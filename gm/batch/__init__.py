@@ -13,11 +13,20 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gm.batch.jobfile import Job, JobFileError, check_options, fingerprint, option_name, parse_jobs, read_jobs, read_text
+from gm.batch.jobfile import (
+    Job,
+    JobFileError,
+    check_options,
+    fingerprint,
+    option_name,
+    parse_jobs,
+    read_jobs,
+    read_text,
+)
 from gm.batch.manifest import MANIFEST, SUPERSEDED
 from gm.batch.ranks import Ranks, init_ranks
-from gm.errors import GmError
 from gm.batch.runner import Extra, Summary, check_failures, default_on_done, run_batch
+from gm.errors import GmError
 
 __all__ = [
     "MANIFEST", "SUPERSEDED", "Extra", "Job", "JobFileError", "Ranks", "Summary", "check_failures", "check_options",

@@ -8,6 +8,7 @@ the crash-safety rules.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -66,9 +67,15 @@ def default_on_done(job: Job[Any], paths: list[Path], record: dict[str, Any]) ->
 
 
 def _plan(jobs: Sequence[Job[T]], out: Path, ranks: Ranks, digest_of: Callable[[T], str]) -> _Plan[T]:
-    records = mf.latest(mf.read_records(out / mf.MANIFEST))
+    """Rank 0 decides which jobs are still to do and tells the others (one view of the folder)."""
     digests = {job.name: digest_of(job.value) for job in jobs}
-    pending = [job for job in jobs if not mf.is_done(records.get(job.name), digests[job.name], out)]
+    todo = None
+    if ranks.main:
+        records = mf.latest(mf.read_records(out / mf.MANIFEST))
+        todo = json.dumps([job.name for job in jobs if not mf.is_done(records.get(job.name), digests[job.name], out)])
+    names = set(json.loads(ranks.share(todo, "pending")))  # the others wait here until rank 0 has merged
+    records = mf.latest(mf.read_records(out / mf.MANIFEST))
+    pending = [job for job in jobs if job.name in names]
     return _Plan(pending, pending[ranks.rank::ranks.world], digests, records)
 
 
@@ -94,13 +101,14 @@ def _record(job: Job[Any], digest: str, ranks: Ranks, status: str, seconds: floa
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **more}
 
 
-def _drop_finished_phases(bar: ProgressTask) -> None:
+def _hide_finished_phases(bar: ProgressTask) -> None:
     """Keep the display to the overall bar and the running job's phases: a thousand jobs must not
-    leave three thousand finished phase bars on the screen."""
+    leave three thousand finished phase bars on the screen. (Hidden, not removed: gm.console finds
+    its tasks by position.)"""
     if bar.progress is not None:
-        for task in list(bar.progress.tasks):
-            if task.id != bar.task_id and task.finished:
-                bar.progress.remove_task(task.id)
+        for task in bar.progress.tasks:
+            if task.id != bar.task_id and task.finished and task.visible:
+                bar.progress.update(task.id, visible=False)
 
 
 class _Batch(Generic[T, M]):
@@ -185,9 +193,6 @@ def run_batch(jobs: Sequence[Job[T]], load_model: Callable[[Ranks], M],
     if ranks.main:  # a clean folder for everyone: no dead processes' leftovers, one manifest
         mf.clean_stale(out)
         mf.merge(out)
-        ranks.set("ready", "1")
-    else:
-        ranks.get("ready")
     started = time.perf_counter()
     plan = _plan(jobs, out, ranks, digest)
     batch = _Batch(out, ranks, plan, load_model, run_group, on_done)
@@ -198,7 +203,7 @@ def run_batch(jobs: Sequence[Job[T]], load_model: Callable[[Ranks], M],
         for group in _groups(plan.mine, group_size, batch_key):
             batch.run(group)
             bar.update(completed=ranks.add("done", len(group)))
-            _drop_finished_phases(bar)
+            _hide_finished_phases(bar)
         ranks.add("finished", 1)
         if ranks.main and ranks.world > 1:  # the bar keeps moving while the other ranks finish
             while ranks.add("finished", 0) < ranks.world:

@@ -2,8 +2,8 @@
 loads), and 2 torchrun ranks vs 1 (gloo, CPU). Also the glue that runs today's txt2img pipeline
 through gm.batch (`serve`), used by this bench and by tests/test_batch_gm.py.
 
-Usage: python bench/batch.py [--jobs 8] [--preset tests/presets/tiny-sd21.toml]
-       python bench/batch.py serve JOBS OUT --preset P [--device cpu]   (one process or under torchrun)
+Usage: python bench/batch.py [--jobs 8] [--steps N] [--preset tests/presets/tiny-sd21.toml]
+       python bench/batch.py serve JOBS OUT --preset P [--steps N] [--device cpu]   (one process or under torchrun)
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("out")
     parser.add_argument("--preset", default=TINY)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
     args = parser.parse_args(argv)
     from gm import presets
     from gm.batch import run_jobs
@@ -86,7 +87,7 @@ def serve(argv: list[str]) -> int:
 
     console.configure(quiet=True)
     try:
-        preset = presets.load(args.preset)
+        preset = presets.load(args.preset, [] if args.steps is None else [f"sampler.steps={args.steps}"])
         run_jobs(args.jobs, validate=txt2img_validate(preset, Path(args.out)), options=OPTIONS, prompt_key="prompt",
                  load_model=txt2img_loader(preset, args.device), run_one=txt2img_run(preset), out_dir=args.out,
                  device=args.device, on_done=None)
@@ -108,6 +109,7 @@ def bench(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench/batch.py")
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--preset", default=TINY)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
     args = parser.parse_args(argv)
     from gm import presets
     from tests.tiny import make_checkpoint
@@ -120,7 +122,8 @@ def bench(argv: list[str]) -> int:
     jobs = work / "jobs.jsonl"
     jobs.write_text("".join(json.dumps(x) + "\n" for x in lines))
     n = args.jobs
-    print(f"{n} jobs of {Path(args.preset).stem} on the CPU (wall seconds of whole commands; jobs/s = {n} / seconds)")
+    print(f"{n} jobs of {Path(args.preset).stem} ({args.steps or 'preset'} steps) on the CPU "
+          f"(wall seconds of whole commands; jobs/s = {n} / seconds)")
     print("| how | seconds | jobs/s | jobs/s inside the batch |\n|---|---|---|---|", flush=True)
 
     def row(name: str, seconds: float, out: str | None = None) -> None:
@@ -134,7 +137,8 @@ def bench(argv: list[str]) -> int:
             inside = f"{n / max(per_rank.values()):.2f}"
         print(f"| {name} | {seconds:.1f} | {n / seconds:.2f} | {inside} |", flush=True)
 
-    serve_cmd = [str(Path(__file__).resolve()), "serve", str(jobs), "--preset", args.preset]
+    steps = [] if args.steps is None else ["--steps", str(args.steps)]
+    serve_cmd = [str(Path(__file__).resolve()), "serve", str(jobs), "--preset", args.preset, *steps]
     row("one process, `gm.batch` (one load)", _timed([sys.executable, *serve_cmd, str(work / "one")], env), "one")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
     row("torchrun, 1 rank", _timed([*torchrun, "1", *serve_cmd, str(work / "rank1")], env), "rank1")
@@ -142,7 +146,7 @@ def bench(argv: list[str]) -> int:
     gm = [sys.executable, "-m", "commands.app", "txt2img"]
     row(f"{n} x `gm txt2img` (one command per job)",
         sum(_timed([*gm, x["prompt"], "--seed", str(x["seed"]), "--preset", args.preset, "--device", "cpu", "-q",
-                    "-o", str(work / "single" / str(k))], env) for k, x in enumerate(lines)))
+                    *steps, "-o", str(work / "single" / str(k))], env) for k, x in enumerate(lines)))
     for k in range(n):  # the same image every way
         image = (work / "single" / str(k) / "000000.png").read_bytes()
         for way in ("one", "rank1", "rank2"):

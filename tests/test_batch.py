@@ -135,7 +135,8 @@ def test_rerun_skips_and_a_changed_line_is_redone(tmp_path: Path) -> None:
 
 
 def test_failed_job_is_recorded_others_finish_and_retry_works(tmp_path: Path) -> None:
-    jobs, out = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}, {"prompt": "fail"}, {"prompt": "c"}]), tmp_path / "o"
+    out = tmp_path / "o"
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}, {"prompt": "fail"}, {"prompt": "c"}])
     with pytest.raises(GmError, match=r"1 of 3 jobs failed \(first: job-000001: cannot draw 'fail'"):
         run(jobs, out)
     records = {r["job"]: r for r in manifest.read_records(out / manifest.MANIFEST)}
@@ -179,7 +180,8 @@ def test_run_batch_directly(tmp_path: Path) -> None:
     summary = run_batch(jobs, toy.load_model, toy.run_one, tmp_path / "out",
                         on_done=lambda job, paths, record: printed.append((job.name, paths)))
     assert summary.loads == 1 and summary.jobs_per_s > 0
-    assert printed[0] == ("job-000000", [tmp_path / "out/job-000000/000000.npz", tmp_path / "out/job-000000/000000.png"])
+    folder = tmp_path / "out/job-000000"
+    assert printed[0] == ("job-000000", [folder / "000000.npz", folder / "000000.png"])
 
 
 def test_progress_shows_the_batch_bar_and_only_the_running_jobs_phases(tmp_path: Path,

@@ -81,7 +81,8 @@ def world_size() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
-        raise UsageError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number", "start several ranks with torchrun") from None
+        raise UsageError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number",
+                         "start several ranks with torchrun") from None
 
 
 def init_ranks(device: str = "auto") -> Ranks:

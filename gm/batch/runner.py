@@ -181,12 +181,13 @@ def run_batch(jobs: Sequence[Job[T]], load_model: Callable[[Ranks], M],
     ranks = ranks or Ranks()
     if run_one is None and run_many is None:
         raise ValueError("run_batch needs run_one or run_many")
-    if run_many is not None and (batch_size > 1 or run_one is None):
-        group_size = batch_size
-        run_group = lambda model, values, folders: list(run_many(model, values, folders) or [None] * len(values))  # noqa: E731
-    else:
-        group_size = 1
-        run_group = lambda model, values, folders: [run_one(model, values[0], folders[0])]  # noqa: E731
+    group_size = batch_size if run_many is not None and (batch_size > 1 or run_one is None) else 1
+
+    def run_group(model: M, values: list[T], folders: list[Path]) -> list[Extra]:
+        if group_size == 1 and run_one is not None:
+            return [run_one(model, values[0], folders[0])]
+        assert run_many is not None
+        return list(run_many(model, values, folders) or [None] * len(values))
     if not ranks.main:
         console.quiet = True  # one progress display and one summary: rank 0's
     out = ensure_dir(out_dir)

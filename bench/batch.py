@@ -2,7 +2,7 @@
 loads), and 2 torchrun ranks vs 1 (gloo, CPU). Also the glue that runs today's txt2img pipeline
 through gm.batch (`serve`), used by this bench and by tests/test_batch_gm.py.
 
-Usage: python bench/batch.py [--jobs 8] [--steps N] [--preset tests/presets/tiny-sd21.toml]
+Usage: python bench/batch.py [--jobs 8] [--steps N] [--no-single] [--preset tests/presets/tiny-sd21.toml]
        python bench/batch.py serve JOBS OUT --preset P [--steps N] [--device cpu]   (one process or under torchrun)
 """
 
@@ -110,6 +110,7 @@ def bench(argv: list[str]) -> int:
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--preset", default=TINY)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
+    parser.add_argument("--no-single", action="store_true", help="skip the one-command-per-job runs")
     args = parser.parse_args(argv)
     from gm import presets
     from tests.tiny import make_checkpoint
@@ -143,6 +144,8 @@ def bench(argv: list[str]) -> int:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
     row("torchrun, 1 rank", _timed([*torchrun, "1", *serve_cmd, str(work / "rank1")], env), "rank1")
     row("torchrun, 2 ranks (gloo)", _timed([*torchrun, "2", *serve_cmd, str(work / "rank2")], env), "rank2")
+    if args.no_single:
+        return 0
     gm = [sys.executable, "-m", "commands.app", "txt2img"]
     row(f"{n} x `gm txt2img` (one command per job)",
         sum(_timed([*gm, x["prompt"], "--seed", str(x["seed"]), "--preset", args.preset, "--device", "cpu", "-q",

@@ -78,3 +78,13 @@ def test_torchrun_two_gloo_ranks_split_the_jobs(tmp_path: Path) -> None:
     again = run(jobs, out, loads)
     assert (again.skipped, again.done, loads) == (7, 0, [])
     assert json.loads((out / manifest.MANIFEST).read_text().splitlines()[0])["job"] == "job-000000"
+
+
+def test_torchrun_bad_job_file_is_reported_once_and_nothing_runs(tmp_path: Path) -> None:
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}, {"prompt": "b", "sede": 2}])
+    log, out = tmp_path / "log", tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", TOY,
+                           str(jobs), str(out)], env=env(TOY_LOG=str(log)), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and not log.exists() and not out.exists()
+    assert done.stderr.count("jobs.jsonl:2: unknown option 'sede' (did you mean 'seed'?)") == 1, done.stderr[-3000:]
+    assert 'test_batch_toy.py", line' not in done.stderr  # no traceback from the ranks (torchrun's own is its own)

@@ -51,15 +51,20 @@ def run_jobs(source: str | Path, *, validate: Callable[[dict[str, Any]], T], opt
     on ranks other than 0 it exits 2 without repeating rank 0's message."""
     ranks = init_ranks(device)
     try:
+        failure: GmError | None = None
         try:
             stdin_text = None
             if str(source) == "-" and ranks.world > 1:
                 stdin_text = ranks.share(read_text("-")[1] if ranks.main else None, "jobs-text")
             jobs = read_jobs(source, validate, options, prompt_key, stdin_text)
-        except GmError as err:  # the same on every rank: rank 0 says it
+        except GmError as err:
+            failure = err
+        ranks.add("read", 1)  # nobody leaves before every rank is up (a rank quitting early breaks the others' start)
+        ranks.wait_count("read", ranks.world)
+        if failure is not None:  # the same on every rank: rank 0 says it
             if not ranks.main:
-                raise SystemExit(err.exit_code) from None
-            raise
+                raise SystemExit(failure.exit_code)
+            raise failure
         summary = run_batch(jobs, load_model, run_one, out_dir, ranks=ranks, digest=digest, run_many=run_many,
                             batch_key=batch_key, batch_size=batch_size, on_done=on_done, label=label)
         check_failures(summary, ranks)

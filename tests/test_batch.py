@@ -208,3 +208,24 @@ def test_progress_shows_the_batch_bar_and_only_the_running_jobs_phases(tmp_path:
     assert seen == [["jobs", "encode", "sample", "decode"]] * 4
     screen = console.err.file.getvalue()
     assert "4/4" in screen and "job/s" in screen
+
+
+def test_out_of_memory_fails_one_job_and_extras_cannot_replace_the_layers_fields(tmp_path: Path) -> None:
+    def run_one(model, job, folder):
+        if job.size == 12:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        toy.run_one(model, job, folder)
+        return {"status": "mine", "files": ["nope"], "job": "x", "note": 1}
+
+    jobs = read_jobs(write_jobs(tmp_path / "j.jsonl", JOBS), toy.validate, toy.OPTIONS)
+    summary = run_batch(jobs, toy.load_model, run_one, tmp_path / "out", on_done=None)
+    assert (summary.done, summary.failed) == (3, 1)
+    assert summary.errors == ["job-000003: out of GPU memory: Tried to allocate 2.00 GiB "
+                              "(try --low-vram, a smaller size, -n or --decoding-t, or --dtype fp16)"]
+    records = {r["job"]: r for r in manifest.read_records(tmp_path / "out" / manifest.MANIFEST)}
+    assert records["bird"]["status"] == "done" and records["bird"]["note"] == 1
+    assert records["bird"]["files"] == ["bird/000000.npz", "bird/000000.png"]
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else stops the batch
+        run_batch(jobs, toy.load_model, lambda m, j, f: (_ for _ in ()).throw(RuntimeError("a bug")), tmp_path / "o2",
+                  on_done=None)
+    assert not [p for p in (tmp_path / "o2").iterdir() if p.name.startswith(".")]  # its temporary folder is gone

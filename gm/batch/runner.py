@@ -95,10 +95,22 @@ def _seed(job: Job[Any]) -> Any:
     return getattr(job.value, "seed", job.options.get("seed"))
 
 
-def _record(job: Job[Any], digest: str, ranks: Ranks, status: str, seconds: float, **more: Any) -> dict[str, Any]:
-    return {"job": job.name, "index": job.index, "id": job.id, "line": job.line, "hash": digest, "status": status,
-            "seed": _seed(job), "seconds": round(seconds, 3), "rank": ranks.rank,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **more}
+def _record(job: Job[Any], digest: str, ranks: Ranks, status: str, seconds: float,
+            more: Mapping[str, Any]) -> dict[str, Any]:
+    """A manifest line; a caller's extra fields (`more`) never replace the layer's own."""
+    own = {"job": job.name, "index": job.index, "id": job.id, "line": job.line, "hash": digest, "status": status,
+           "seconds": round(seconds, 3), "rank": ranks.rank, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {"seed": _seed(job), **more, **own}
+
+
+def _job_failure(err: Exception) -> GmError | None:
+    """The failures that belong to one job, not to the batch: a GmError (a bad input), or running
+    out of memory (a size too big for this device; the next job may well fit)."""
+    if isinstance(err, GmError):
+        return err
+    from gm.errors import out_of_memory
+
+    return out_of_memory(err, console.failed_phase)
 
 
 def _hide_finished_phases(bar: ProgressTask) -> None:
@@ -137,11 +149,14 @@ class _Batch(Generic[T, M]):
                 tmp.mkdir()
             try:
                 extras = self.run_group(self.model, [job.value for job in group], temps)
-            except GmError as err:  # this job's fault (a bad input): record it, go on with the rest
+            except Exception as raised:  # noqa: BLE001 - a job's own failure is recorded, anything else re-raised
+                err = _job_failure(raised)
+                if err is None:
+                    raise
                 seconds = (time.perf_counter() - started) / len(group)
                 for job in group:
                     record = _record(job, self.plan.digests[job.name], self.ranks, "failed", seconds,
-                                     files=[], error=str(err))
+                                     {"files": [], "error": str(err)})
                     mf.append(self.part, record)
                     self.summary.failed += 1
                     self.summary.errors.append(f"{job.name}: {err}")
@@ -149,8 +164,8 @@ class _Batch(Generic[T, M]):
             seconds = (time.perf_counter() - started) / len(group)
             for job, tmp, extra in zip(group, temps, extras, strict=True):
                 files = mf.job_files(tmp, job.name)
-                record = _record(job, self.plan.digests[job.name], self.ranks, "done", seconds, files=files,
-                                 **dict(extra or {}))
+                record = _record(job, self.plan.digests[job.name], self.ranks, "done", seconds,
+                                 {**dict(extra or {}), "files": files})
                 mf.append(self.part, record)  # first the record, then the folder: a crash between them
                 mf.publish(tmp, self.out / job.name)  # finds a record whose files are missing, and redoes it
                 self.summary.done += 1
@@ -188,6 +203,7 @@ def run_batch(jobs: Sequence[Job[T]], load_model: Callable[[Ranks], M],
             return [run_one(model, values[0], folders[0])]
         assert run_many is not None
         return list(run_many(model, values, folders) or [None] * len(values))
+
     if not ranks.main:
         console.quiet = True  # one progress display and one summary: rank 0's
     out = ensure_dir(out_dir)

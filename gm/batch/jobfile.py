@@ -120,7 +120,7 @@ def read_text(source: str | Path, stdin_text: str | None = None) -> tuple[str, s
         return "<stdin>", sys.stdin.read() if stdin_text is None else stdin_text
     path = Path(source).expanduser()
     try:
-        return str(source), path.read_text(encoding="utf-8")
+        return str(source), path.read_text(encoding="utf-8-sig")  # a BOM is not part of line 1
     except FileNotFoundError:
         raise UsageError(f"--jobs {source}: no such file", "give a JSON Lines or text file, or - for stdin") from None
     except IsADirectoryError:

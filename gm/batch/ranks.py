@@ -97,6 +97,9 @@ def init_ranks(device: str = "auto") -> Ranks:
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     target = pick_device(device)
+    if target.type == "cuda" and target.index is not None:  # it would be ignored: say so instead
+        raise UsageError(f"--device {device} under torchrun: each rank takes the GPU of its LOCAL_RANK",
+                         "use --device cuda (or auto); CUDA_VISIBLE_DEVICES picks which GPUs")
     if target.type == "cuda":
         if local >= torch.cuda.device_count():
             raise UsageError(f"rank {rank} has LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} "

@@ -10,8 +10,9 @@ Formulas (i = 0..n-1, ramp r_i = i / (n - 1), T = len(table)):
 * normal: the preset's own discretization (LegacyDDPM or EDM), today's schedule.
 * karras (Karras et al. 2022, eq. 5): (smax^(1/rho) + r_i (smin^(1/rho) - smax^(1/rho)))^rho, rho 7.
 * exponential: exp(ln smax + r_i (ln smin - ln smax)), evenly spaced in log sigma.
-* sgm_uniform: timesteps linspace(t(smax), t(smin), n + 1) without the last, sigma(t) by linear
-  interpolation of ln sigma in the table (diffusers' "trailing" spacing; ComfyUI's sgm_uniform).
+* sgm_uniform: timesteps linspace(T - 1, 0, n + 1) without the last, sigma(t) by linear
+  interpolation of ln sigma in the table (ComfyUI's and A1111's "SGM Uniform"; close to, not
+  equal to, diffusers' "trailing" spacing 999 - i * 1000 / n).
 * simple: table[T - 1 - floor(i T / n)], every (T/n)-th level from the top (ComfyUI's simple).
 * ddim_uniform: timesteps i * (T // n) + 1 from the top down (DDIM with SD's steps_offset 1,
   diffusers' "leading" spacing).

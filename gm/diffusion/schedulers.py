@@ -62,9 +62,9 @@ def model_sigmas(
         raise UsageError(f"unknown discretization {discretization!r}", hint="use legacy_ddpm or edm")
     if discrete:
         table = ddpm_sigma_table()
-    else:
-        table = torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000, dtype=torch.float64).exp().float()
-    return ModelSigmas(float(table[0]), float(table[-1]), table, normal)
+        return ModelSigmas(float(table[0]), float(table[-1]), table, normal)
+    table = torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000, dtype=torch.float64).exp().float()
+    return ModelSigmas(sigma_min, sigma_max, table, normal)
 
 
 def _finish(sigmas: torch.Tensor | list[float]) -> torch.Tensor:

@@ -157,3 +157,23 @@ def test_conditioner_aligns_the_towers_and_the_negative() -> None:
     assert torch.equal(uc["crossattn"][:, :77], short["crossattn"]) and torch.equal(uc["vector"], short["vector"])
     c2, uc2 = cond.with_uncond({"txt": [long]}, uc_zero={"txt"})
     assert torch.equal(c2["crossattn"], c["crossattn"]) and not uc2["crossattn"].any()
+
+
+def test_long_prompt_and_short_negative_batch_together() -> None:
+    from gm.diffusion.guiders import VanillaCFG, guided, match_text_lengths
+
+    c = {"crossattn": torch.randn(1, 154, 8), "vector": torch.randn(1, 4)}
+    uc = {"crossattn": torch.randn(1, 77, 8), "vector": torch.randn(1, 4)}
+    c2, uc2 = match_text_lengths(c, uc)
+    assert c2["crossattn"] is c["crossattn"] and uc2["crossattn"].shape == (1, 154, 8)
+    q = torch.randn(1, 5, 8)
+    attend = torch.nn.functional.scaled_dot_product_attention
+    torch.testing.assert_close(attend(q, uc2["crossattn"], uc2["crossattn"]), attend(q, uc["crossattn"], uc["crossattn"]))
+    seen = []
+
+    def denoiser(x, sigma, cond):
+        seen.append(cond["crossattn"].shape)
+        return x
+
+    guided(denoiser, VanillaCFG(scale=5.0), c, uc)(torch.zeros(1, 4, 2, 2), torch.ones(1))
+    assert seen == [(2, 154, 8)]

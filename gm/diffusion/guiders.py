@@ -232,8 +232,11 @@ def match_text_lengths(cond: Cond, uc: Cond) -> tuple[Cond, Cond]:
     if not (isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor)) or c.shape[1] == u.shape[1]:
         return cond, uc
     n = math.lcm(c.shape[1], u.shape[1])
-    return ({**cond, "crossattn": c.repeat(1, n // c.shape[1], 1)},
-            {**uc, "crossattn": u.repeat(1, n // u.shape[1], 1)})
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        return t if t.shape[1] == n else t.repeat(1, n // t.shape[1], 1)
+
+    return {**cond, "crossattn": grow(c)}, {**uc, "crossattn": grow(u)}
 
 
 def guided(

@@ -18,7 +18,6 @@ returns the (1, T) table.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal

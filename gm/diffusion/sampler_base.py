@@ -17,6 +17,8 @@ import torch
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma (B,)) -> denoised
 NoiseFn = Callable[[int], torch.Tensor]  # step index -> standard normal noise shaped like x
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step index, x, denoised)
+# A second-order step: (denoise, schedule, x, slope at sigma, sigma, sigma_to) -> x at sigma_to
+SecondStep = Callable[["Denoise", "Schedule", torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_noise_fn(
@@ -76,3 +78,54 @@ def ancestral_step(
     sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
     sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
+
+
+def heun_step(denoise: Denoise, sched: Schedule, x: torch.Tensor, d: torch.Tensor, sigma: torch.Tensor,
+              sigma_to: torch.Tensor) -> torch.Tensor:
+    """Heun: an Euler step, then the average of the slopes at both ends (trapezoid rule)."""
+    dt = sigma_to - sigma
+    x_euler = x + dt * d
+    d_next = to_d(x_euler, sigma_to, denoise(x_euler, sched.batched(sigma_to)))
+    return x + (d + d_next) / 2.0 * dt
+
+
+def dpm2_step(denoise: Denoise, sched: Schedule, x: torch.Tensor, d: torch.Tensor, sigma: torch.Tensor,
+              sigma_to: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver-2: the slope at the geometric midpoint of (sigma, sigma_to), used for the whole step."""
+    sigma_mid = sigma.log().lerp(sigma_to.log(), 0.5).exp()
+    x_2 = x + d * (sigma_mid - sigma)
+    d_2 = to_d(x_2, sigma_mid, denoise(x_2, sched.batched(sigma_mid)))
+    return x + d_2 * (sigma_to - sigma)
+
+
+def churn_loop(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise_fn: NoiseFn | None,
+    callback: Callback | None,
+    churn: tuple[float, float, float, float],
+    second: SecondStep | None = None,
+) -> torch.Tensor:
+    """Karras et al. (2022) Algorithm 2: churn (raise sigma to sigma_hat with fresh noise where
+    s_tmin <= sigma <= s_tmax, gamma = min(s_churn / N, sqrt(2) - 1)), then an Euler step, or the
+    `second`-order step (heun_step, dpm2_step) except on the final step to sigma 0."""
+    s_churn, s_tmin, s_tmax, s_noise = churn
+    sched = Schedule(sigmas, x)
+    noise_fn = noise_fn or default_noise(x)
+    n = len(sched)
+    for i in range(n):
+        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sched.cpu[i]) <= s_tmax else 0.0
+        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
+        sigma_hat = sigma * (gamma + 1.0)
+        if gamma > 0:
+            x = x + noise_fn(i) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        denoised = denoise(x, sched.batched(sigma_hat))
+        d = to_d(x, sigma_hat, denoised)
+        if second is None or sched.is_zero(i + 1):
+            x = x + (sigma_next - sigma_hat) * d
+        else:
+            x = second(denoise, sched, x, d, sigma_hat, sigma_next)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x

@@ -29,46 +29,14 @@ from gm.diffusion.sampler_base import (
     NoiseFn,
     Schedule,
     ancestral_step,
+    churn_loop,
     default_noise,
-    make_noise_fn,
+    heun_step,
+    make_noise_fn,  # noqa: F401 (re-exported: callers import it from here)
     to_d,
 )
 from gm.diffusion.schedules import start_scale
 from gm.errors import UsageError
-
-def _edm_loop(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    noise_fn: NoiseFn | None,
-    callback: Callback | None,
-    churn: tuple[float, float, float, float],
-    heun: bool,
-) -> torch.Tensor:
-    """Karras et al. (2022) Algorithm 2: churn (raise sigma to sigma_hat with fresh noise), an Euler
-    step, and with `heun` the trapezoid correction (skipped on the last step to sigma 0)."""
-    s_churn, s_tmin, s_tmax, s_noise = churn
-    sched = Schedule(sigmas, x)
-    noise_fn = noise_fn or default_noise(x)
-    n = len(sched)
-    for i in range(n):
-        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sched.cpu[i]) <= s_tmax else 0.0
-        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
-        sigma_hat = sigma * (gamma + 1.0)
-        if gamma > 0:
-            x = x + noise_fn(i) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        denoised = denoise(x, sched.batched(sigma_hat))
-        d = to_d(x, sigma_hat, denoised)
-        dt = sigma_next - sigma_hat
-        x_euler = x + dt * d
-        if not heun or sched.is_zero(i + 1):
-            x = x_euler
-        else:
-            d_next = to_d(x_euler, sigma_next, denoise(x_euler, sched.batched(sigma_next)))
-            x = x + (d + d_next) / 2.0 * dt
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
 
 
 @torch.no_grad()
@@ -85,7 +53,7 @@ def sample_euler(
     s_noise: float = 1.0,
 ) -> torch.Tensor:
     """EDM Euler with optional churn: gamma = min(s_churn / N, sqrt(2) - 1) where s_tmin <= sigma <= s_tmax."""
-    return _edm_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), heun=False)
+    return churn_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise))
 
 
 @torch.no_grad()
@@ -102,7 +70,7 @@ def sample_heun(
     s_noise: float = 1.0,
 ) -> torch.Tensor:
     """EDM Heun (2nd order): Euler, then average the slopes at sigma_hat and sigma_next."""
-    return _edm_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), heun=True)
+    return churn_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), heun_step)
 
 
 @torch.no_grad()

@@ -21,18 +21,11 @@ from gm.diffusion.sampler_base import (
     NoiseFn,
     Schedule,
     ancestral_step,
+    churn_loop,
     default_noise,
+    dpm2_step,
     to_d,
 )
-
-
-def _dpm2_step(denoise: Denoise, sched: Schedule, x: torch.Tensor, d: torch.Tensor, sigma: torch.Tensor,
-               sigma_to: torch.Tensor) -> torch.Tensor:
-    """DPM-Solver-2: slope at the geometric midpoint of (sigma, sigma_to), used for the whole step."""
-    sigma_mid = sigma.log().lerp(sigma_to.log(), 0.5).exp()
-    x_2 = x + d * (sigma_mid - sigma)
-    d_2 = to_d(x_2, sigma_mid, denoise(x_2, sched.batched(sigma_mid)))
-    return x + d_2 * (sigma_to - sigma)
 
 
 @torch.no_grad()
@@ -49,24 +42,7 @@ def sample_dpm_2(
     s_noise: float = 1.0,
 ) -> torch.Tensor:
     """DPM2: Karras et al. Algorithm 2 churn, then a midpoint step in log sigma (Euler to sigma 0)."""
-    sched = Schedule(sigmas, x)
-    noise_fn = noise_fn or default_noise(x)
-    n = len(sched)
-    for i in range(n):
-        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sched.cpu[i]) <= s_tmax else 0.0
-        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
-        sigma_hat = sigma * (gamma + 1.0)
-        if gamma > 0:
-            x = x + noise_fn(i) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        denoised = denoise(x, sched.batched(sigma_hat))
-        d = to_d(x, sigma_hat, denoised)
-        if sched.is_zero(i + 1):
-            x = x + d * (sigma_next - sigma_hat)
-        else:
-            x = _dpm2_step(denoise, sched, x, d, sigma_hat, sigma_next)
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+    return churn_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), dpm2_step)
 
 
 @torch.no_grad()
@@ -91,7 +67,7 @@ def sample_dpm_2_ancestral(
         if float(ancestral_step(sched.cpu[i], sched.cpu[i + 1], eta)[0]) == 0.0:
             x = x + d * (sigma_down - sigma)
         else:
-            x = _dpm2_step(denoise, sched, x, d, sigma, sigma_down)
+            x = dpm2_step(denoise, sched, x, d, sigma, sigma_down)
             x = x + noise_fn(i) * s_noise * sigma_up
         if callback is not None:
             callback(i, x, denoised)

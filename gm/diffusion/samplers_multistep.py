@@ -133,29 +133,23 @@ def _uni_pc(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callback: C
     return x
 
 
-@torch.no_grad()
-def sample_uni_pc(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise_fn: NoiseFn | None = None,
-    callback: Callback | None = None,
-    order: int = 3,
-) -> torch.Tensor:
-    """UniPC, variant bh1, `order` (default 3, as A1111); deterministic (noise_fn unused)."""
-    return _uni_pc(denoise, x, sigmas, callback, int(order), "bh1")
+def _uni_pc_sampler(variant: str, doc: str):
+    @torch.no_grad()
+    def sampler(
+        denoise: Denoise,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        noise_fn: NoiseFn | None = None,
+        callback: Callback | None = None,
+        order: int = 3,
+    ) -> torch.Tensor:
+        return _uni_pc(denoise, x, sigmas, callback, int(order), variant)
+
+    sampler.__doc__ = doc
+    sampler.__name__ = sampler.__qualname__ = "sample_uni_pc" + ("" if variant == "bh1" else f"_{variant}")
+    return sampler
 
 
-@torch.no_grad()
-def sample_uni_pc_bh2(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise_fn: NoiseFn | None = None,
-    callback: Callback | None = None,
-    order: int = 3,
-) -> torch.Tensor:
-    """UniPC, variant bh2 (B(h) = e^h - 1, diffusers' default); deterministic (noise_fn unused)."""
-    return _uni_pc(denoise, x, sigmas, callback, int(order), "bh2")
+sample_uni_pc = _uni_pc_sampler("bh1", "UniPC, variant bh1 (B(h) = h, A1111's default), `order` 3; deterministic.")
+sample_uni_pc_bh2 = _uni_pc_sampler("bh2", "UniPC, variant bh2 (B(h) = e^h - 1, diffusers' default); deterministic.")

@@ -129,3 +129,26 @@ def churn_loop(
         if callback is not None:
             callback(i, x, denoised)
     return x
+
+
+def churn_sampler(name: str, second: SecondStep | None, doc: str) -> Callable[..., torch.Tensor]:
+    """A registry-ready sampler running `churn_loop` with `second` (its options are the churn's)."""
+
+    @torch.no_grad()
+    def sampler(
+        denoise: Denoise,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        noise_fn: NoiseFn | None = None,
+        callback: Callback | None = None,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+    ) -> torch.Tensor:
+        return churn_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), second)
+
+    sampler.__name__ = sampler.__qualname__ = name
+    sampler.__doc__ = doc
+    return sampler

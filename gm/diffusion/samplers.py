@@ -29,7 +29,7 @@ from gm.diffusion.sampler_base import (
     NoiseFn,
     Schedule,
     ancestral_step,
-    churn_loop,
+    churn_sampler,
     default_noise,
     heun_step,
     make_noise_fn,  # noqa: F401 (re-exported: callers import it from here)
@@ -38,39 +38,10 @@ from gm.diffusion.sampler_base import (
 from gm.diffusion.schedules import start_scale
 from gm.errors import UsageError
 
-
-@torch.no_grad()
-def sample_euler(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise_fn: NoiseFn | None = None,
-    callback: Callback | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-) -> torch.Tensor:
-    """EDM Euler with optional churn: gamma = min(s_churn / N, sqrt(2) - 1) where s_tmin <= sigma <= s_tmax."""
-    return churn_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise))
-
-
-@torch.no_grad()
-def sample_heun(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise_fn: NoiseFn | None = None,
-    callback: Callback | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-) -> torch.Tensor:
-    """EDM Heun (2nd order): Euler, then average the slopes at sigma_hat and sigma_next."""
-    return churn_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), heun_step)
+sample_euler = churn_sampler("sample_euler", None, "EDM Euler with optional churn: gamma = min(s_churn / N, "
+                              "sqrt(2) - 1) where s_tmin <= sigma <= s_tmax.")
+sample_heun = churn_sampler("sample_heun", heun_step, "EDM Heun (2nd order): Euler, then average the slopes at "
+                            "sigma_hat and sigma_next.")
 
 
 @torch.no_grad()

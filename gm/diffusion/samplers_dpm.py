@@ -21,28 +21,14 @@ from gm.diffusion.sampler_base import (
     NoiseFn,
     Schedule,
     ancestral_step,
-    churn_loop,
+    churn_sampler,
     default_noise,
     dpm2_step,
     to_d,
 )
 
-
-@torch.no_grad()
-def sample_dpm_2(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise_fn: NoiseFn | None = None,
-    callback: Callback | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-) -> torch.Tensor:
-    """DPM2: Karras et al. Algorithm 2 churn, then a midpoint step in log sigma (Euler to sigma 0)."""
-    return churn_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), dpm2_step)
+sample_dpm_2 = churn_sampler("sample_dpm_2", dpm2_step, "DPM2: Karras et al. Algorithm 2 churn, then a midpoint "
+                             "step in log sigma (Euler on the step to sigma 0).")
 
 
 @torch.no_grad()

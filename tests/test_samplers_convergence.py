@@ -136,6 +136,15 @@ def test_table_schedule_formulas() -> None:
         scheduler_sigmas("linear", 4, model)
 
 
+def test_sampler_defaults() -> None:
+    from gm.diffusion.samplers import sampler_defaults
+
+    assert sampler_defaults("ddim") == {"eta": 0.0, "s_noise": 1.0}
+    assert sampler_defaults("uni_pc") == {"order": 3} and sampler_defaults("lms") == {"order": 4}
+    assert sampler_defaults("dpmpp_sde") == {"eta": 1.0, "s_noise": 1.0, "r": 0.5}
+    assert sampler_defaults("lcm") == {} and sampler_defaults("dpmpp_2m") == {}
+
+
 def test_a1111_names() -> None:
     assert a1111_name("dpmpp_2m_sde", "karras") == "DPM++ 2M SDE Karras"
     assert a1111_name("dpmpp_2m", "normal") == "DPM++ 2M"

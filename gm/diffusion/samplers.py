@@ -228,6 +228,13 @@ def sampler_options(name: str) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("noise_fn", "callback"))
 
 
+def sampler_defaults(name: str) -> dict[str, float]:
+    """Sampler `name`'s own option defaults (ddim: eta 0; uni_pc: order 3; lms: order 4; ...), for
+    callers that should not override them with another sampler's preset values."""
+    params = inspect.signature(SAMPLERS[name]).parameters
+    return {k: params[k].default for k in sampler_options(name)}
+
+
 def sample(
     name: str,
     denoise: Denoise,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gm.errors import PresetError
+from gm.errors import PresetError, UsageError
 from gm.models.conditioner import EMBEDDERS, build_conditioner, validate_conditioner
 from gm.models.vae import Autoencoder, VAEConfig
 from gm.nn.embeddings import timestep_embedding
@@ -157,11 +157,15 @@ def test_legacy_ucg_value_replaces_the_prompt() -> None:
     assert prompts[0] == "a photo of 0 cats"  # the caller's batch is not modified
 
 
-def test_dropped_tokens_reports_truncation() -> None:
+def test_long_prompts_are_chunked_not_dropped() -> None:
     with torch.device("meta"):
         cond = build_conditioner([dict(kind="clip_l_text"), dict(kind="openclip_text")], "test")
-    assert cond.dropped_tokens(["a cat"]) == 0
-    assert cond.dropped_tokens(["a cat", "dog " * 100]) == 25
+    assert cond.dropped_tokens(["a cat", "dog " * 100]) == 0
+    assert cond.prompt_chunks(["a cat"]) == 1
+    assert cond.prompt_chunks(["a cat", "dog " * 100]) == 2  # 100 tokens: 75 + 25
+    assert cond.prompt_chunks(["dog " * 150]) == 2 and cond.prompt_chunks(["dog " * 151]) == 3
+    with pytest.raises(UsageError, match="--lora"):
+        cond.dropped_tokens(["a cat <lora:film:0.8>"])
 
 
 # ---------------------------------------------------------------- VAE-encoder embedder

@@ -6,8 +6,9 @@ sigma_sampling). Pure functions and frozen dataclasses; samplers only see `denoi
 
 from gm.diffusion.denoiser import Cond, Denoiser, call_unet, make_denoiser, unet_network
 from gm.diffusion.guiders import GUIDERS, guided
-from gm.diffusion.samplers import SAMPLERS, make_noise_fn, sample
+from gm.diffusion.samplers import A1111_SAMPLER_NAMES, SAMPLERS, a1111_name, make_noise_fn, sample
 from gm.diffusion.scalings import SCALINGS, scaling_by_name
+from gm.diffusion.schedulers import SCHEDULERS, ModelSigmas, model_sigmas, scheduler_sigmas
 from gm.diffusion.schedules import (
     DISCRETIZATIONS,
     ddpm_sigma_table,
@@ -20,6 +21,12 @@ from gm.diffusion.schedules import (
 from gm.diffusion.training import LOSS_WEIGHTINGS, SIGMA_SAMPLERS, diffusion_loss
 
 __all__ = [
+    "A1111_SAMPLER_NAMES",
+    "ModelSigmas",
+    "SCHEDULERS",
+    "a1111_name",
+    "model_sigmas",
+    "scheduler_sigmas",
     "Cond",
     "DISCRETIZATIONS",
     "Denoiser",

@@ -17,6 +17,7 @@ returns the (1, T) table.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -221,6 +222,22 @@ GUIDERS: dict[str, type] = {
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def match_text_lengths(cond: Cond, uc: Cond) -> tuple[Cond, Cond]:
+    """A long prompt with a short negative (or the reverse) gives crossattn sequences of 77 k and
+    77 m tokens; repeat each along the sequence up to lcm(77 k, 77 m). Cross-attention over keys and
+    values repeated n times is exactly what it was (every softmax weight splits n ways), so this only
+    lets the two batch together (as ComfyUI does)."""
+    c, u = cond.get("crossattn"), uc.get("crossattn")
+    if not (isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor)) or c.shape[1] == u.shape[1]:
+        return cond, uc
+    n = math.lcm(c.shape[1], u.shape[1])
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        return t if t.shape[1] == n else t.repeat(1, n // t.shape[1], 1)
+
+    return {**cond, "crossattn": grow(c)}, {**uc, "crossattn": grow(u)}
+
+
 def guided(
     denoiser: Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor],
     guider: Guider,
@@ -229,6 +246,8 @@ def guided(
 ) -> Denoise:
     """The sampler-facing `denoise(x, sigma) -> denoised` with guidance applied (uc defaults to cond)."""
     uncond = cond if uc is None else uc
+    if uc is not None:
+        cond, uncond = match_text_lengths(cond, uc)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x2, sigma2, cond2 = guider.prepare(x, sigma, cond, uncond)

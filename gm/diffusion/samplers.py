@@ -1,16 +1,16 @@
-"""ODE/SDE samplers over a descending sigma schedule, as plain functions.
+"""Samplers over a descending sigma schedule, as plain functions, and their one registry.
 
-Mirrors sgm `modules/diffusionmodules/sampling.py` (itself ported from k-diffusion): EulerEDM,
-HeunEDM, EulerAncestral, DPM++(2S) ancestral, DPM++(2M) and linear multistep. Every sampler has
-the signature
+This module holds the six the reference demos use (ported from sgm's
+`modules/diffusionmodules/sampling.py`, itself from k-diffusion): EDM Euler and Heun, Euler
+ancestral, DPM++(2S) ancestral, DPM++(2M) and linear multistep. `samplers_dpm` adds DPM2 (a) and
+the stochastic DPM-Solver++ samplers, `samplers_multistep` DDIM, UniPC and LCM. Every sampler is
 
     f(denoise, x, sigmas, *, noise_fn=None, callback=None, <options>) -> x
 
 where `denoise(x, sigma) -> denoised` is already guided (see gm.diffusion.guiders.guided),
 `x` starts at sigmas[0] (use `sample`, which scales the unit noise by sqrt(1 + sigma_0^2)),
-and `noise_fn(step_index)` supplies the churn / ancestral noise. Branch decisions read a CPU
-copy of the schedule and the scalar math runs on a device copy in float32 (as the reference
-does), so a step costs no host sync.
+and `noise_fn(step_index)` supplies every fresh noise draw from the seeded CPU generator, so a
+seed gives the same numbers on every device (see gm.diffusion.sampler_base).
 """
 
 from __future__ import annotations
@@ -21,139 +21,27 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from gm.diffusion import samplers_dpm as _dpm
+from gm.diffusion import samplers_multistep as _ms
+from gm.diffusion.sampler_base import (
+    Callback,
+    Denoise,
+    NoiseFn,
+    Schedule,
+    ancestral_step,
+    churn_sampler,
+    default_noise,
+    heun_step,
+    make_noise_fn,  # noqa: F401 (re-exported: callers import it from here)
+    to_d,
+)
 from gm.diffusion.schedules import start_scale
 from gm.errors import UsageError
 
-Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma (B,)) -> denoised
-NoiseFn = Callable[[int], torch.Tensor]  # step index -> standard normal noise shaped like x
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step index, x, denoised)
-
-
-def make_noise_fn(
-    generator: torch.Generator, shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype
-) -> NoiseFn:
-    """Noise drawn on the CPU from `generator` (in call order), then moved: CPU == GPU numbers."""
-
-    pin = torch.device(device).type == "cuda"
-
-    def noise_fn(step_index: int) -> torch.Tensor:
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-        if pin:  # a pinned buffer lets the copy overlap instead of syncing the host
-            return noise.pin_memory().to(device, dtype, non_blocking=True)
-        return noise.to(device, dtype)
-
-    return noise_fn
-
-
-def _default_noise(x: torch.Tensor) -> NoiseFn:
-    return make_noise_fn(torch.default_generator, tuple(x.shape), x.device, x.dtype)
-
-
-class _Schedule:
-    """The sigmas twice: a CPU copy for branching, a device copy for the float32 scalar math."""
-
-    def __init__(self, sigmas: torch.Tensor, x: torch.Tensor) -> None:
-        self.cpu = sigmas.detach().to("cpu", torch.float32)
-        self.dev = self.cpu.to(x.device)
-        self.batch = x.shape[0]
-
-    def __len__(self) -> int:
-        return len(self.cpu) - 1  # number of steps
-
-    def is_zero(self, i: int) -> bool:
-        return float(self.cpu[i]) == 0.0
-
-    def batched(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma.expand(self.batch)  # () -> (B,)
-
-
-def _to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-    """The probability-flow ODE slope dx/dsigma = (x - D(x, sigma)) / sigma."""
-    return (x - denoised) / sigma
-
-
-def ancestral_step(
-    sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigma_down, sigma_up): deterministic step to sigma_down, then add sigma_up fresh noise.
-
-    sigma_up = min(s', eta * sqrt(s'^2 (s^2 - s'^2) / s^2)), sigma_down = sqrt(s'^2 - sigma_up^2).
-    eta = 0 is the deterministic sampler (the reference crashes on it).
-    """
-    if not eta:
-        return sigma_next, torch.zeros_like(sigma_next)
-    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
-    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
-    return sigma_down, sigma_up
-
-
-def _edm_loop(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    noise_fn: NoiseFn | None,
-    callback: Callback | None,
-    churn: tuple[float, float, float, float],
-    heun: bool,
-) -> torch.Tensor:
-    """Karras et al. (2022) Algorithm 2: churn (raise sigma to sigma_hat with fresh noise), an Euler
-    step, and with `heun` the trapezoid correction (skipped on the last step to sigma 0)."""
-    s_churn, s_tmin, s_tmax, s_noise = churn
-    sched = _Schedule(sigmas, x)
-    noise_fn = noise_fn or _default_noise(x)
-    n = len(sched)
-    for i in range(n):
-        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sched.cpu[i]) <= s_tmax else 0.0
-        sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
-        sigma_hat = sigma * (gamma + 1.0)
-        if gamma > 0:
-            x = x + noise_fn(i) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        denoised = denoise(x, sched.batched(sigma_hat))
-        d = _to_d(x, sigma_hat, denoised)
-        dt = sigma_next - sigma_hat
-        x_euler = x + dt * d
-        if not heun or sched.is_zero(i + 1):
-            x = x_euler
-        else:
-            d_next = _to_d(x_euler, sigma_next, denoise(x_euler, sched.batched(sigma_next)))
-            x = x + (d + d_next) / 2.0 * dt
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
-
-
-@torch.no_grad()
-def sample_euler(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise_fn: NoiseFn | None = None,
-    callback: Callback | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-) -> torch.Tensor:
-    """EDM Euler with optional churn: gamma = min(s_churn / N, sqrt(2) - 1) where s_tmin <= sigma <= s_tmax."""
-    return _edm_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), heun=False)
-
-
-@torch.no_grad()
-def sample_heun(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise_fn: NoiseFn | None = None,
-    callback: Callback | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-) -> torch.Tensor:
-    """EDM Heun (2nd order): Euler, then average the slopes at sigma_hat and sigma_next."""
-    return _edm_loop(denoise, x, sigmas, noise_fn, callback, (s_churn, s_tmin, s_tmax, s_noise), heun=True)
+sample_euler = churn_sampler("sample_euler", None, "EDM Euler with optional churn: gamma = min(s_churn / N, "
+                              "sqrt(2) - 1) where s_tmin <= sigma <= s_tmax.")
+sample_heun = churn_sampler("sample_heun", heun_step, "EDM Heun (2nd order): Euler, then average the slopes at "
+                            "sigma_hat and sigma_next.")
 
 
 @torch.no_grad()
@@ -168,13 +56,13 @@ def sample_euler_ancestral(
     s_noise: float = 1.0,
 ) -> torch.Tensor:
     """Euler step to sigma_down, then add s_noise * sigma_up * fresh noise (if sigma_next > 0)."""
-    sched = _Schedule(sigmas, x)
-    noise_fn = noise_fn or _default_noise(x)
+    sched = Schedule(sigmas, x)
+    noise_fn = noise_fn or default_noise(x)
     for i in range(len(sched)):
         sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         denoised = denoise(x, sched.batched(sigma))
-        x = x + (sigma_down - sigma) * _to_d(x, sigma, denoised)
+        x = x + (sigma_down - sigma) * to_d(x, sigma, denoised)
         if eta and not sched.is_zero(i + 1):
             x = x + noise_fn(i) * s_noise * sigma_up
         if callback is not None:
@@ -195,15 +83,15 @@ def sample_dpmpp_2s_ancestral(
 ) -> torch.Tensor:
     """DPM-Solver++(2S) (Lu et al. 2022, Alg. 1) to sigma_down with a midpoint in -log(sigma), plus
     ancestral noise. With t = -ln(sigma): x2 = (s_mid/s) x - expm1(-h/2) D, x = (s_down/s) x - expm1(-h) D2."""
-    sched = _Schedule(sigmas, x)
-    noise_fn = noise_fn or _default_noise(x)
+    sched = Schedule(sigmas, x)
+    noise_fn = noise_fn or default_noise(x)
     for i in range(len(sched)):
         sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         denoised = denoise(x, sched.batched(sigma))
         # Branch on a CPU copy of sigma_down (0 when sigma_next is 0, or when eta > 1 takes it all).
         if float(ancestral_step(sched.cpu[i], sched.cpu[i + 1], eta)[0]) == 0.0:
-            x = x + (sigma_down - sigma) * _to_d(x, sigma, denoised)
+            x = x + (sigma_down - sigma) * to_d(x, sigma, denoised)
         else:
             t, t_next = -sigma.log(), -sigma_down.log()
             h = t_next - t
@@ -229,7 +117,7 @@ def sample_dpmpp_2m(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): second order from the previous D, with
     r = h_prev / h; the first step and the final step to sigma 0 are first order."""
-    sched = _Schedule(sigmas, x)
+    sched = Schedule(sigmas, x)
     old_denoised: torch.Tensor | None = None
     for i in range(len(sched)):
         sigma, sigma_next = sched.dev[i], sched.dev[i + 1]
@@ -282,13 +170,13 @@ def sample_lms(
     order: int = 4,
 ) -> torch.Tensor:
     """Linear multistep: integrate the Lagrange interpolant of the last `order` slopes."""
-    sched = _Schedule(sigmas, x)
+    sched = Schedule(sigmas, x)
     sigmas_np = sched.cpu.numpy()
     ds: list[torch.Tensor] = []
     for i in range(len(sched)):
         sigma = sched.dev[i]
         denoised = denoise(x, sched.batched(sigma))
-        ds.append(_to_d(x, sigma, denoised))
+        ds.append(to_d(x, sigma, denoised))
         if len(ds) > order:
             ds.pop(0)
         cur_order = min(i + 1, order)
@@ -299,20 +187,52 @@ def sample_lms(
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "euler": sample_euler,
-    "heun": sample_heun,
-    "euler_a": sample_euler_ancestral,
-    "dpmpp_2s_a": sample_dpmpp_2s_ancestral,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "lms": sample_lms,
+# name -> (function, A1111's display name). Names follow k-diffusion / ComfyUI.
+_TABLE: dict[str, tuple[Callable[..., torch.Tensor], str]] = {
+    "euler": (sample_euler, "Euler"),
+    "euler_a": (sample_euler_ancestral, "Euler a"),
+    "heun": (sample_heun, "Heun"),
+    "lms": (sample_lms, "LMS"),
+    "dpm_2": (_dpm.sample_dpm_2, "DPM2"),
+    "dpm_2_ancestral": (_dpm.sample_dpm_2_ancestral, "DPM2 a"),
+    "dpmpp_2s_a": (sample_dpmpp_2s_ancestral, "DPM++ 2S a"),
+    "dpmpp_2m": (sample_dpmpp_2m, "DPM++ 2M"),
+    "dpmpp_sde": (_dpm.sample_dpmpp_sde, "DPM++ SDE"),
+    "dpmpp_2m_sde": (_dpm.sample_dpmpp_2m_sde, "DPM++ 2M SDE"),
+    "dpmpp_2m_sde_heun": (_dpm.sample_dpmpp_2m_sde_heun, "DPM++ 2M SDE Heun"),
+    "dpmpp_3m_sde": (_dpm.sample_dpmpp_3m_sde, "DPM++ 3M SDE"),
+    "ddim": (_ms.sample_ddim, "DDIM"),
+    "uni_pc": (_ms.sample_uni_pc, "UniPC"),
+    "uni_pc_bh2": (_ms.sample_uni_pc_bh2, "UniPC BH2"),
+    "lcm": (_ms.sample_lcm, "LCM"),
 }
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {name: fn for name, (fn, _) in _TABLE.items()}
+A1111_SAMPLER_NAMES: dict[str, str] = {name: label for name, (_, label) in _TABLE.items()}
+
+
+def a1111_name(sampler: str, scheduler: str = "normal") -> str:
+    """A1111's combined label, e.g. ("dpmpp_2m_sde", "karras") -> "DPM++ 2M SDE Karras".
+
+    "normal" (the model's own schedule, A1111's "Automatic") adds no suffix; unknown names pass
+    through unchanged."""
+    from gm.diffusion.schedulers import A1111_SCHEDULE_NAMES
+
+    label = A1111_SAMPLER_NAMES.get(sampler, sampler)
+    suffix = A1111_SCHEDULE_NAMES.get(scheduler, scheduler)
+    return f"{label} {suffix}" if suffix else label
 
 
 def sampler_options(name: str) -> tuple[str, ...]:
     """The options sampler `name` accepts (besides noise_fn and callback)."""
     params = inspect.signature(SAMPLERS[name]).parameters.values()
     return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("noise_fn", "callback"))
+
+
+def sampler_defaults(name: str) -> dict[str, float]:
+    """Sampler `name`'s own option defaults (ddim: eta 0; uni_pc: order 3; lms: order 4; ...), for
+    callers that should not override them with another sampler's preset values."""
+    params = inspect.signature(SAMPLERS[name]).parameters
+    return {k: params[k].default for k in sampler_options(name)}
 
 
 def sample(

@@ -3,6 +3,8 @@
 Mirrors sgm `modules/diffusionmodules/discretizer.py` (LegacyDDPM, EDM) plus the schedule
 wrappers of the demos: `Img2ImgDiscretizationWrapper`, `Txt2NoisyDiscretizationWrapper`
 (`scripts/demo/discretization.py`) and the turbo sub-schedule (`scripts/demo/turbo.py`).
+The user-selectable schedulers (karras, exponential, sgm_uniform, ...) are in
+gm.diffusion.schedulers, over a model's sigma range.
 
 Every function returns a float32 CPU tensor in descending order; with `append_zero` (the default)
 a trailing 0 is added, so N steps give N+1 values, like k-diffusion's `get_sigmas_*`.

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gm.models.prompt import chunk_count, encode_chunks, tokenize_prompts
 from gm.models.tokenizer import Tokenized, tokenize
 
 
@@ -154,27 +155,45 @@ class CLIPTextEmbedder(nn.Module):
         cfg = self.config
         return (cfg.output,) if cfg.pooled_output is None else (cfg.output, cfg.pooled_output)
 
+    def chunk_count(self, texts: Sequence[str]) -> int:
+        """77-token windows the longest of `texts` needs (raises on a <lora:...> tag)."""
+        return chunk_count(texts, "hf")
+
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         return tokenize(texts, "hf", self.config.max_position_embeddings)
 
     def forward(
-        self, text: Sequence[str] | torch.Tensor, generator: torch.Generator | None = None
+        self, text: Sequence[str] | torch.Tensor, generator: torch.Generator | None = None, chunks: int = 1
     ) -> list[torch.Tensor]:
-        """`text`: prompts, or (B, 77) ids from `tokenize`. `generator` is unused (no noise)."""
+        """`text`: prompts in A1111 syntax (gm.models.prompt), or (B, k * 77) ids. Long prompts are
+        encoded in 77-token windows concatenated along the sequence (at least `chunks` of them);
+        the pooled vector comes from the first window. `generator` is unused (no noise)."""
+        cfg = self.config
+        if isinstance(text, torch.Tensor):
+            ids, weights = text, None
+        else:
+            tokens = tokenize_prompts(text, "hf", chunks)
+            ids, weights = tokens.ids, (tokens.weights if tokens.weighted else None)
+        need_last = cfg.layer != "hidden" or cfg.pooled_output is not None
+        main, pooled = encode_chunks(lambda window: self._encode(window, need_last), ids, weights)
+        if cfg.layer == "pooled":
+            main = pooled[:, None]
+        return [main] if cfg.pooled_output is None else [main, pooled]
+
+    def _encode(self, ids: torch.Tensor, need_last: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, 77) ids -> (the configured hidden layer, or the final-LN output for "last"/"pooled";
+        the pooled vector or None)."""
         cfg = self.config
         tm = self.transformer.text_model
-        ids = text if isinstance(text, torch.Tensor) else self.tokenize(text).ids
         ids = ids.to(tm.embeddings.token_embedding.weight.device)
         n = cfg.num_hidden_layers
-        need_last = cfg.layer != "hidden" or cfg.pooled_output is not None
         idx = cfg.layer_idx % (n + 1)  # hidden_states has n + 1 entries; negative counts back
         x = tm.hidden_states(ids, idx)
         hidden = x
         if not need_last:
-            return [hidden]
+            return hidden, None
         for block in tm.encoder.layers[idx:]:
             x = block(x)
         last = tm.final_layer_norm(x)
-        pooled = last[torch.arange(last.shape[0], device=ids.device), ids.argmax(dim=-1)]  # (B, D)
-        main = {"hidden": hidden, "last": last, "pooled": pooled[:, None]}[cfg.layer]
-        return [main] if cfg.pooled_output is None else [main, pooled]
+        pooled = last[torch.arange(last.shape[0], device=ids.device), ids.argmax(dim=-1)]  # (N, D)
+        return (hidden if cfg.layer == "hidden" else last), pooled

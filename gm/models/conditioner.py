@@ -7,12 +7,17 @@ SV4D frame encoder). Outputs with the same destination are concatenated in embed
 vector on dim 1, crossattn on dim 2 (features), concat / cond_view / cond_motion on dim 1
 (channels).
 
-Unconditional branch (REFERENCE §3.3): `get_conditioning(batch_uc, force_zero=...)` replaces every
+Text inputs are prompts in A1111 syntax (gm.models.prompt): weighted, and encoded in 77-token windows
+when longer. All text towers of one call use the same number of windows (`text_chunks`, by default
+the most any of them needs), so their outputs concatenate; pass the same `text_chunks` to the
+prompt's and the negative prompt's calls (`prompt_chunks` of both) when they must batch together.
+
+Unconditional branch: `get_conditioning(batch_uc, force_zero=...)` replaces every
 output of the embedders whose `input` is listed by zeros (SDXL base: {"txt"}, both towers and the
 pooled vector; video models: the image inputs). `uc_zero_inputs` collects the inputs whose config
 says `zero_in_uc = true`.
 
-Training dropout (REFERENCE §4.2), only when a `ucg_generator` is passed: with `legacy_ucg_value`
+Training dropout, only when a `ucg_generator` is passed: with `legacy_ucg_value`
 the raw input of each sample is replaced by that value with probability `ucg_rate`; otherwise each
 output tensor is multiplied by its own per-sample Bernoulli(1 - ucg_rate) mask, as sgm does. Both
 draw from the given (seeded) generator, unlike sgm's unseeded NumPy RNG.
@@ -130,9 +135,25 @@ class Conditioner(nn.Module):
         return tuple(dict.fromkeys(e.config.input for e in self.embedders))
 
     def dropped_tokens(self, prompts: Sequence[str]) -> int:
-        """Most BPE tokens any text embedder cuts from any of `prompts` (0 = nothing truncated)."""
-        counts = [max(e.tokenize(prompts).dropped, default=0) for e in self.embedders if hasattr(e, "tokenize")]
-        return max(counts, default=0)
+        """BPE tokens cut from `prompts`: always 0, long prompts are encoded in 77-token windows.
+        (Still checks the prompts, so a <lora:...> tag fails here, before any encoding.)"""
+        self.prompt_chunks(prompts)
+        return 0
+
+    def prompt_chunks(self, prompts: Sequence[str]) -> int:
+        """The most 77-token windows any text embedder needs for any of `prompts` (1 without text)."""
+        return max((e.chunk_count(prompts) for e in self.embedders if hasattr(e, "chunk_count")), default=1)
+
+    def _text_chunks(self, batch: Mapping[str, Any], text_chunks: int | None) -> int:
+        prompts = [p for e in self.embedders if hasattr(e, "chunk_count") and isinstance(batch.get(e.config.input), (list, tuple))
+                   for p in batch[e.config.input] if isinstance(p, str)]
+        return max(text_chunks or 1, self.prompt_chunks(prompts) if prompts else 1)
+
+    @staticmethod
+    def _run(emb: nn.Module, value: Any, generator: torch.Generator | None, chunks: int) -> list[torch.Tensor]:
+        if hasattr(emb, "chunk_count") and not isinstance(value, torch.Tensor):
+            return emb(value, generator, chunks=chunks)
+        return emb(value, generator)
 
     def get_conditioning(
         self,
@@ -140,12 +161,14 @@ class Conditioner(nn.Module):
         force_zero: Collection[str] = (),
         generator: torch.Generator | None = None,
         ucg_generator: torch.Generator | None = None,
+        text_chunks: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """batch[input] per embedder -> {"crossattn": (B, L, C), "vector": (B, V), "concat": ...}.
 
         `generator` feeds the noise of noisy embedders (SV4D's 1e-5 frame noise); `ucg_generator`
-        turns on training dropout.
+        turns on training dropout; `text_chunks` is the least number of 77-token text windows.
         """
+        chunks = self._text_chunks(batch, text_chunks)
         out: dict[str, torch.Tensor] = {}
         for i, emb in enumerate(self.embedders):
             cfg = emb.config
@@ -157,7 +180,7 @@ class Conditioner(nn.Module):
                 rows = torch.rand(len(value), generator=ucg_generator, device=ucg_generator.device) < cfg.ucg_rate
                 value = _replace_rows(value, rows, cfg.legacy_ucg_value)
             with torch.set_grad_enabled(cfg.is_trainable and torch.is_grad_enabled()):
-                tensors = emb(value, generator)
+                tensors = self._run(emb, value, generator, chunks)
             for dest, t in zip(emb.outputs(), tensors):
                 if dropout and cfg.legacy_ucg_value is None:
                     keep = torch.bernoulli(
@@ -176,12 +199,14 @@ class Conditioner(nn.Module):
         uc_zero: Collection[str],
         force_zero: Collection[str] = (),
         generator: torch.Generator | None = None,
+        text_chunks: int | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(c, uc) of ONE batch, where uc zeroes the outputs of the `uc_zero` inputs (and both zero
         `force_zero`): what `get_conditioning(batch)` and `get_conditioning(batch, force_zero=uc_zero)`
         give, without running the zeroed embedders (the video models' CLIP tower and VAE encoders) a
         second time. Deterministic outputs are shared; a noisy embedder (noise_sigma) that uc keeps
         runs again with fresh noise, as sgm's second conditioner call does."""
+        chunks = self._text_chunks(batch, text_chunks)
         c: dict[str, torch.Tensor] = {}
         uc: dict[str, torch.Tensor] = {}
         for i, emb in enumerate(self.embedders):
@@ -189,7 +214,7 @@ class Conditioner(nn.Module):
             if cfg.input not in batch:
                 raise KeyError(f"conditioner {i} needs batch['{cfg.input}'] (batch has {sorted(batch)})")
             with torch.inference_mode():
-                tensors = emb(batch[cfg.input], generator)
+                tensors = self._run(emb, batch[cfg.input], generator, chunks)
                 if cfg.input in force_zero:
                     tensors = [torch.zeros_like(t) for t in tensors]
                 if cfg.input in uc_zero or cfg.input in force_zero:
@@ -209,5 +234,6 @@ class Conditioner(nn.Module):
         force_zero: Collection[str] = (),
         generator: torch.Generator | None = None,
         ucg_generator: torch.Generator | None = None,
+        text_chunks: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        return self.get_conditioning(batch, force_zero, generator, ucg_generator)
+        return self.get_conditioning(batch, force_zero, generator, ucg_generator, text_chunks)

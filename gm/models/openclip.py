@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gm.errors import PresetError
+from gm.models.prompt import chunk_count, encode_chunks, tokenize_prompts
 from gm.models.tokenizer import Tokenized, tokenize
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -133,17 +134,31 @@ class OpenCLIPTextEmbedder(nn.Module):
         cfg = self.config
         return (cfg.output,) if cfg.pooled_output is None else (cfg.output, cfg.pooled_output)
 
+    def chunk_count(self, texts: Sequence[str]) -> int:
+        """77-token windows the longest of `texts` needs (raises on a <lora:...> tag)."""
+        return chunk_count(texts, "open_clip")
+
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         return tokenize(texts, "open_clip", self.config.context_length)
 
     def forward(
-        self, text: Sequence[str] | torch.Tensor, generator: torch.Generator | None = None
+        self, text: Sequence[str] | torch.Tensor, generator: torch.Generator | None = None, chunks: int = 1
     ) -> list[torch.Tensor]:
-        """`text`: prompts, or (B, 77) ids from `tokenize`. `generator` is unused (no noise)."""
+        """`text`: prompts in A1111 syntax (gm.models.prompt), or (B, k * 77) open_clip ids; windows
+        of 77 as in CLIPTextEmbedder.forward. `generator` is unused (no noise)."""
+        if isinstance(text, torch.Tensor):
+            ids, weights = text, None
+        else:
+            tokens = tokenize_prompts(text, "open_clip", chunks)
+            ids, weights = tokens.ids, (tokens.weights if tokens.weighted else None)
+        main, pooled = encode_chunks(self._encode, ids, weights)
+        return [main] if pooled is None else [main, pooled]  # (B, L, D), (B, embed_dim)
+
+    def _encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, 77) ids -> (the configured layer, final LN applied when legacy; pooled or None)."""
         cfg, m = self.config, self.model
-        ids = text if isinstance(text, torch.Tensor) else self.tokenize(text).ids
         ids = ids.to(m.token_embedding.weight.device)
-        x = m.token_embedding(ids) + m.positional_embedding  # (B, L, D)
+        x = m.token_embedding(ids) + m.positional_embedding  # (N, L, D)
         blocks = m.transformer.resblocks
         need_last = cfg.layer == "last" or cfg.pooled_output is not None
         penultimate = x
@@ -155,12 +170,12 @@ class OpenCLIPTextEmbedder(nn.Module):
             x = block(x, causal=True)
         taken = penultimate if cfg.layer == "penultimate" else x
         if cfg.legacy:
-            return [m.ln_final(taken)]
+            return m.ln_final(taken), None
         if cfg.pooled_output is None:
-            return [taken]
+            return taken, None
         last = m.ln_final(x)
         pooled = last[torch.arange(last.shape[0], device=ids.device), ids.argmax(dim=-1)] @ m.text_projection
-        return [taken, pooled]  # (B, L, D), (B, embed_dim)
+        return taken, pooled
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -123,7 +123,7 @@ def _whitespace_clean(text: str) -> str:
     return regex.sub(r"\s+", " ", text).strip()
 
 
-def _body_ids(text: str, style: Style) -> list[int]:
+def body_ids(text: str, style: Style) -> list[int]:
     """BPE ids of a prompt without <start>/<end> or padding."""
     bpe = _bpe()
     start, end = _SPECIAL[style]
@@ -162,7 +162,7 @@ def tokenize(texts: Sequence[str], style: Style, context_length: int = CONTEXT_L
     ids = torch.full((len(texts), context_length), pad, dtype=torch.int64)
     dropped = []
     for row, text in enumerate(texts):
-        body = _body_ids(text, style)
+        body = body_ids(text, style)
         dropped.append(max(0, len(body) - room))
         seq = [START_ID] + body[:room] + [END_ID]
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.int64)

@@ -112,7 +112,7 @@ class Planner:
                  vae_dtype: torch.dtype, device: str = "cuda", attention: str | None = None) -> None:
         self.engine, self.preset, self.work = engine, preset, work
         self.dtype, self.vae_dtype, self.device = dtype, vae_dtype, device
-        self.attention = attention or ("math" if device == "mps" else "fused")
+        self.attention = attention or {"mps": "math", "cpu": "cpu"}.get(device, "fused")
         self.names = wl.module_names(engine)
         self.weights = weights_by_module(engine)
         self._cache: dict[tuple, tuple[Tracked, int, int]] = {}
@@ -121,7 +121,7 @@ class Planner:
     # -- raw phases ---------------------------------------------------------------------------
     def _run(self, key: tuple, fn: Any) -> tuple[Tracked, int, int]:
         if key not in self._cache:
-            with track(self.names) as (result, counter):
+            with track(self.names, self.attention) as (result, counter):
                 out = fn()
                 del out
             self._cache[key] = (result, total_flops(result, counter), 0)

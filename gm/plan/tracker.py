@@ -65,16 +65,67 @@ def sdpa_costs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, 
         rows *= s
     m = k.shape[-2]
     lse = rows * n * 4  # float32 log-sum-exp per query row
-    scores = rows * n * m * q.element_size()
+    scores = rows * n * m
+    # math path: the scaled q and k, the scores, their softmax and _safe_softmax's bool mask
+    math = q.numel() * q.element_size() + k.numel() * k.element_size() + scores * (2 * q.element_size() + 1)
     flops = 2 * rows * n * m * d + 2 * rows * n * m * v.shape[-1]
-    return lse, 2 * scores, flops
+    return lse, math, flops
+
+
+def cpu_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether torch's CPU SDPA takes its flash kernel (unit last-dim strides) or the math path."""
+    return all(t.stride(-1) == 1 for t in (q, k, v))
+
+
+CONV_OPS = {aten.convolution.default, aten._convolution.default, aten.conv2d.default, aten.conv3d.default}
+
+
+def cpu_conv_workspace(func: Any, args: tuple) -> int:
+    """Bytes of the unfold buffer torch's CPU convolution allocates inside the op: slow_conv3d
+    always (what conv3d takes), slow_conv2d when oneDNN is not chosen (small single inputs)."""
+    x, weight = args[0], args[1]
+    nd = weight.ndim - 2
+    if func in (aten.conv2d.default, aten.conv3d.default):
+        full = (*args, *([None] * 7))[:7]
+        stride, padding, dilation, groups = (full[3] or [1] * nd, full[4] or [0] * nd, full[5] or [1] * nd,
+                                             full[6] or 1)
+        transposed = False
+    else:
+        stride, padding, dilation, transposed, groups = args[3], args[4], args[5], args[6], args[8]
+    stride, padding, dilation = (_per_dim(v, nd) for v in (stride, padding, dilation))
+    if transposed:
+        return 0
+    kernel = weight.shape[2:]
+    out = [(size + 2 * p - dl * (k - 1) - 1) // st + 1
+           for size, k, st, p, dl in zip(x.shape[2:], kernel, stride, padding, dilation)]
+    one_by_one = all(k == 1 for k in kernel) and all(st == 1 for st in stride) and not any(padding)
+    cols = x.shape[0] * (x.shape[1] // groups) * _prod(kernel) * _prod(out) * x.element_size()
+    if x.ndim == 5:
+        return cols
+    n, c, h, w = x.shape
+    mkldnn = x.dtype == torch.float32 and (groups > 1 or min(kernel) > 3 or n > 1 or n * c * h * w > 20480) and (
+        any(st > 1 for st in stride) or any(dl > 1 for dl in dilation) or n >= 16 or not all(k == 1 for k in kernel)
+        or torch.get_num_threads() > 1)
+    return 0 if mkldnn or one_by_one else cols
+
+
+def _per_dim(v: Any, nd: int) -> list[int]:
+    return [int(v)] * nd if isinstance(v, int) else [int(x) for x in v]
+
+
+def _prod(xs: Any) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
 
 
 class MemoryTracker(TorchDispatchMode):
     """Dispatch mode summing the bytes of live storages created inside it (see the module docstring)."""
 
-    def __init__(self, names: dict[int, str] | None = None) -> None:
+    def __init__(self, names: dict[int, str] | None = None, policy: str = "fused") -> None:
         super().__init__()
+        self.policy = policy  # "fused" (GPU), "math" (no fused kernel, MPS), "cpu" (torch's CPU choices)
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}
         self.result = Tracked()
         self._names = names or {}
@@ -133,26 +184,32 @@ class MemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
         self._register(out)
-        fused = math = 0
+        chosen = math = 0
         if func in SDPA_OPS:
-            fused, math, flops = sdpa_costs(args[0], args[1], args[2])
+            q, k, v = args[0], args[1], args[2]
+            fused, math, flops = sdpa_costs(q, k, v)
+            use_fused = self.policy == "fused" or (self.policy == "cpu" and cpu_fused(q, k, v))
+            chosen = fused if use_fused else math
             self.result.attention_flops += flops
-            self.result.largest_scores = max(self.result.largest_scores, math // 2)
+            scores = q.numel() // q.shape[-1] * k.shape[-2] * q.element_size()
+            self.result.largest_scores = max(self.result.largest_scores, scores)
+        elif self.policy == "cpu" and func in CONV_OPS:
+            chosen = math = cpu_conv_workspace(func, args)
         live = self.live_bytes()
         r = self.result
         r.ops += 1
-        r.peak = self._note(r.peak, live, fused, func)
+        r.peak = self._note(r.peak, live, chosen, func)
         r.peak_math = self._note(r.peak_math, live, math, func)
         return out
 
 
 @contextmanager
-def track(names: dict[int, str] | None = None) -> Iterator[tuple[Tracked, Any]]:
+def track(names: dict[int, str] | None = None, policy: str = "fused") -> Iterator[tuple[Tracked, Any]]:
     """Track live bytes and count FLOPs of the enclosed code; yields (result, flop counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    tracker = MemoryTracker(names)
+    tracker = MemoryTracker(names, policy)
     with torch.inference_mode(), counter, tracker:
         yield tracker.result, counter
 

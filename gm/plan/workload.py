@@ -188,3 +188,21 @@ def decoder_frames(engine: Engine) -> bool:
 
 
 PhaseFn = Callable[[], Any]
+
+
+def workload_for(preset: Any, height: int | None = None, width: int | None = None, frames: int | None = None,
+                 batch: int = 1, steps: int | None = None, cfg: bool | None = None) -> Workload:
+    """A preset's run at its default size (or the given one): SV4D windows of window_frames x views
+    latents per network call, decoding frames x views in all; CFG unless the guider is identity
+    (Turbo) or a vanilla scale of 1."""
+    d = preset.defaults
+    h, w = height or d.height, width or d.width
+    n = frames or d.frames
+    guider = preset.guider
+    if cfg is None:
+        cfg = guider.kind != "identity" and not (guider.kind == "vanilla" and guider.scale == 1.0)
+    steps = steps or preset.sampler.steps
+    if d.window_frames and d.views:
+        return Workload(h, w, frames=d.window_frames * d.views, batch=batch, cfg=cfg, steps=steps,
+                        decode_total=n * d.views * batch)
+    return Workload(h, w, frames=max(1, n), batch=batch, cfg=cfg, steps=steps)

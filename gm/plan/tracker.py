@@ -81,8 +81,8 @@ CONV_OPS = {aten.convolution.default, aten._convolution.default, aten.conv2d.def
 
 
 def cpu_conv_workspace(func: Any, args: tuple) -> int:
-    """Bytes of the unfold buffer torch's CPU convolution allocates inside the op: slow_conv3d
-    always (what conv3d takes), slow_conv2d when oneDNN is not chosen (small single inputs)."""
+    """Bytes torch's CPU convolution allocates inside the op: the unfold buffer of slow_conv3d
+    (what conv3d takes) and of slow_conv2d, or oneDNN's blocked copies of weight and input."""
     x, weight = args[0], args[1]
     nd = weight.ndim - 2
     if func in (aten.conv2d.default, aten.conv3d.default):
@@ -106,7 +106,9 @@ def cpu_conv_workspace(func: Any, args: tuple) -> int:
     mkldnn = x.dtype == torch.float32 and (groups > 1 or min(kernel) > 3 or n > 1 or n * c * h * w > 20480) and (
         any(st > 1 for st in stride) or any(dl > 1 for dl in dilation) or n >= 16 or not all(k == 1 for k in kernel)
         or torch.get_num_threads() > 1)
-    return 0 if mkldnn or one_by_one else cols
+    if mkldnn:  # oneDNN reorders the weight and the input into its blocked layout for the call
+        return weight.numel() * weight.element_size() + x.numel() * x.element_size()
+    return 0 if one_by_one else cols
 
 
 def _per_dim(v: Any, nd: int) -> list[int]:

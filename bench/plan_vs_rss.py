@@ -1,0 +1,100 @@
+"""The memory plan against the measured memory of the same call on the CPU (issue 16's check):
+`python bench/plan_vs_rss.py [--cases sd21-unet,svd-unet,sv4d2-unet,svd-decode]`.
+
+Each case builds the released architecture (presets/*.toml) twice: on the meta device for the plan
+(the planner's CPU policy: torch's CPU SDPA and convolution choices) and with random weights on the
+CPU. One phase call is then measured after a warm-up, in two ways: torch's CPU allocator trace
+(live tensor bytes, gm.plan.measure) and the growth of the resident set (bench/measure.py, as
+bench/decode_peak.py measures). Ratios are plan / measured; the goal is within 15 %. Sizes are
+small (the CPU has to run them); channels and depths are the released ones. fp32 throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bench.measure import peak_call  # noqa: E402
+from bench.weights import random_module  # noqa: E402
+from gm import presets  # noqa: E402
+from gm.models.build import Engine, network_config, vae_config  # noqa: E402
+from gm.plan import Planner, Workload, meta_engine  # noqa: E402
+from gm.plan import workload as wl  # noqa: E402
+from gm.plan.verify import compare_decode, compare_sample, real_conditioning  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Case:
+    preset: str
+    work: Workload
+    phase: str  # "sample" or "decode"
+    frames: int = 0  # decode: frames per call
+
+
+CASES = {
+    "sd21-unet": Case("sd-2.1", Workload(128, 128), "sample"),
+    "svd-unet": Case("svd", Workload(128, 128, frames=4), "sample"),
+    "sv4d2-unet": Case("sv4d2", Workload(64, 64, frames=48), "sample"),
+    "svd-decode": Case("svd", Workload(144, 256, frames=4), "decode", frames=4),
+}
+
+
+def real_engine(preset: presets.Preset, phase: str) -> Engine:
+    """Random-weight CPU engine with only the module the phase runs (the rest stay out of RAM)."""
+    spec = vae_config(preset)
+    assert spec is not None
+    scale = spec[2]
+    if phase == "decode":
+        return Engine(torch.nn.Identity(), random_module(lambda: spec[1](spec[0])), None, scale)
+    cfg, cls = network_config(preset)
+    return Engine(random_module(lambda: cls(cfg)), None, None, scale)
+
+
+def run(name: str, case: Case) -> tuple[str, float, float, float]:
+    preset = presets.load(case.preset)
+    planner = Planner(meta_engine(preset, torch.float32, torch.float32), preset, case.work,
+                      dtype=torch.float32, vae_dtype=torch.float32, device="cpu")
+    engine = real_engine(preset, case.phase)
+    if case.phase == "decode":
+        engine.model.diffusion_model = planner.engine.network  # meta: only its config is read
+        cmp = compare_decode(planner, engine, CPU, case.frames)
+        fn = lambda: wl.decode_call(engine, case.work, case.frames, None, torch.float32, dev=CPU)  # noqa: E731
+    else:
+        cmp = compare_sample(planner, engine, CPU)
+        cond = real_conditioning(planner, CPU)
+        fn = lambda: wl.sample_step(engine, case.work, cond, preset, False, torch.float32, dev=CPU)  # noqa: E731
+    peak_call(fn, CPU)  # warm-up for the RSS measurement
+    _, _seconds, rss_mib = peak_call(fn, CPU)
+    rss = rss_mib * 2**20
+    del engine, fn
+    gc.collect()
+    return cmp.phase, cmp.planned, cmp.measured, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| case | size | phase | plan MiB | allocator MiB | plan/allocator | RSS growth MiB | plan/RSS |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for name in args.cases.split(","):
+        case = CASES[name]
+        phase, planned, alloc, rss = run(name, case)
+        w = case.work
+        size = f"{w.width}x{w.height}" + (f", {w.frames} frames" if w.frames > 1 else "")
+        print(f"| {name} | {size} | {phase} | {planned / 2**20:.1f} | {alloc / 2**20:.1f} | {planned / alloc:.3f} "
+              f"| {rss / 2**20:.1f} | {planned / rss:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -136,7 +136,10 @@ class Planner:
     def encode(self, chunk: int | None) -> tuple[Tracked, int, int]:
         def run() -> Any:
             wl.encode_chunked(self.engine, chunk)
-            return wl.run_embedders(self.engine, self.work)
+            cond = wl.run_embedders(self.engine, self.work)
+            if self.work.init_image:
+                return cond, wl.encode_init_image(self.engine, self.work, self.vae_dtype)
+            return cond
 
         return self._run(("encode", chunk), run)
 
@@ -175,8 +178,10 @@ class Planner:
     def encode_phase(self, s: Settings) -> Phase | None:
         if self.engine.embedders is None:
             return None
-        return self._phase("encode", self.encode(s.encode_chunk), self.resident("conditioner", s.staging), 0,
-                           self.dtype)
+        weights = self.resident("conditioner", s.staging)
+        if self.work.init_image and s.staging:  # img2img: the VAE encodes the input in this phase too
+            weights += self.resident("vae", True)
+        return self._phase("encode", self.encode(s.encode_chunk), weights, 0, self.dtype)
 
     def sample_phase(self, s: Settings) -> Phase:
         held = 2 * self.cond_bytes() + self.latent_bytes(self.work.rows)

@@ -37,6 +37,7 @@ class Workload:
     steps: int = 1  # sampler steps (for the whole-run FLOP floor)
     decode_total: int = 0  # frames decoded in all (0 = frames x batch)
     text_tokens: int = 77
+    init_image: bool = False  # img2img (refine): the VAE also encodes the input image(s)
 
     @property
     def latent(self) -> tuple[int, int]:
@@ -88,6 +89,13 @@ def _embedder_input(emb: nn.Module, w: Workload, video: bool, dev: torch.device)
         return torch.zeros(w.batch, dtype=torch.long, device=dev)
     rows = w.rows if video else w.batch
     return torch.zeros(rows, _scalar_width(cfg.input), device=dev)
+
+
+def encode_init_image(engine: Engine, w: Workload, vae_dtype: torch.dtype, dev: torch.device = META) -> Any:
+    """The VAE posterior of the img2img input, as gm.pipelines.common.posterior runs it (fp32 out)."""
+    assert engine.vae is not None
+    mean, logvar = engine.vae.encode(torch.zeros(w.batch, 3, w.height, w.width, device=dev).to(vae_dtype))
+    return mean.float(), logvar.float()
 
 
 def encode_chunked(engine: Engine, chunk: int | None) -> None:

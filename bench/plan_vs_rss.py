@@ -46,35 +46,46 @@ CASES = {
     "sv4d2-unet": Case("sv4d2", Workload(64, 64, frames=48), "sample"),
     "svd-decode": Case("svd", Workload(144, 256, frames=4), "decode", frames=4),
 }
+# On a GPU (`--device cuda`, bench/device.sh plan): the release sizes, fp16 networks, fp32 VAE.
+GPU_CASES = {
+    "sdxl-unet": Case("sdxl-base-1.0", Workload(1024, 1024), "sample"),
+    "svd-xt-unet": Case("svd-xt", Workload(576, 1024, frames=25), "sample"),
+    "sv4d2-unet": Case("sv4d2", Workload(576, 576, frames=48), "sample"),
+    "svd-xt-decode": Case("svd-xt", Workload(576, 1024, frames=25), "decode", frames=3),
+    "sdxl-decode": Case("sdxl-base-1.0", Workload(1024, 1024), "decode", frames=1),
+}
 
 
-def real_engine(preset: presets.Preset, phase: str) -> Engine:
-    """Random-weight CPU engine with only the module the phase runs (the rest stay out of RAM)."""
+def real_engine(preset: presets.Preset, phase: str, device: torch.device, dtype: torch.dtype) -> Engine:
+    """Random-weight engine with only the module the phase runs (the rest stay out of memory)."""
     spec = vae_config(preset)
     assert spec is not None
     scale = spec[2]
     if phase == "decode":
-        return Engine(torch.nn.Identity(), random_module(lambda: spec[1](spec[0])), None, scale)
+        return Engine(torch.nn.Identity(), random_module(lambda: spec[1](spec[0])).to(device), None, scale)
     cfg, cls = network_config(preset)
-    return Engine(random_module(lambda: cls(cfg)), None, None, scale)
+    return Engine(random_module(lambda: cls(cfg)).to(device, dtype), None, None, scale)
 
 
-def run(name: str, case: Case) -> tuple[str, float, float, float]:
+def run(case: Case, device: torch.device) -> tuple[str, float, float, float]:
+    """(phase, planned bytes, allocator peak bytes, RSS growth bytes or 0 on a GPU)."""
     preset = presets.load(case.preset)
-    planner = Planner(meta_engine(preset, torch.float32, torch.float32), preset, case.work,
-                      dtype=torch.float32, vae_dtype=torch.float32, device="cpu")
-    engine = real_engine(preset, case.phase)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    planner = Planner(meta_engine(preset, dtype, torch.float32), preset, case.work,
+                      dtype=dtype, vae_dtype=torch.float32, device=device.type)
+    engine = real_engine(preset, case.phase, device, dtype)
     if case.phase == "decode":
         engine.model.diffusion_model = planner.engine.network  # meta: only its config is read
-        cmp = compare_decode(planner, engine, CPU, case.frames)
-        fn = lambda: wl.decode_call(engine, case.work, case.frames, None, torch.float32, dev=CPU)  # noqa: E731
+        cmp = compare_decode(planner, engine, device, case.frames)
+        fn = lambda: wl.decode_call(engine, case.work, case.frames, None, torch.float32, dev=device)  # noqa: E731
     else:
-        cmp = compare_sample(planner, engine, CPU)
-        cond = real_conditioning(planner, CPU)
-        fn = lambda: wl.sample_step(engine, case.work, cond, preset, False, torch.float32, dev=CPU)  # noqa: E731
-    peak_call(fn, CPU)  # warm-up for the RSS measurement
-    _, _seconds, rss_mib = peak_call(fn, CPU)
-    rss = rss_mib * 2**20
+        cmp = compare_sample(planner, engine, device)
+        cond = real_conditioning(planner, device)
+        fn = lambda: wl.sample_step(engine, case.work, cond, preset, False, dtype, dev=device)  # noqa: E731
+    rss = 0.0
+    if device.type == "cpu":
+        peak_call(fn, CPU)  # warm-up for the RSS measurement
+        rss = peak_call(fn, CPU)[2] * 2**20
     del engine, fn
     gc.collect()
     return cmp.phase, cmp.planned, cmp.measured, rss
@@ -82,18 +93,25 @@ def run(name: str, case: Case) -> tuple[str, float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    parser.add_argument("--cases", default="", help="comma-separated: " + ", ".join(CASES) + "; on cuda: "
+                        + ", ".join(GPU_CASES))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print("| case | size | phase | plan MiB | allocator MiB | plan/allocator | RSS growth MiB | plan/RSS |")
+    device = torch.device(args.device)
+    table = GPU_CASES if device.type == "cuda" else CASES
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    what = "max_memory_allocated" if device.type == "cuda" else "allocator"
+    print(f"| case | size | phase | plan MiB | {what} MiB | plan/measured | RSS growth MiB | plan/RSS |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    for name in args.cases.split(","):
-        case = CASES[name]
-        phase, planned, alloc, rss = run(name, case)
+    for name in (args.cases.split(",") if args.cases else table):
+        case = table[name]
+        phase, planned, alloc, rss = run(case, device)
         w = case.work
         size = f"{w.width}x{w.height}" + (f", {w.frames} frames" if w.frames > 1 else "")
+        rss_cells = f"{rss / 2**20:.1f} | {planned / rss:.3f}" if rss else "| "
         print(f"| {name} | {size} | {phase} | {planned / 2**20:.1f} | {alloc / 2**20:.1f} | {planned / alloc:.3f} "
-              f"| {rss / 2**20:.1f} | {planned / rss:.3f} |", flush=True)
+              f"| {rss_cells} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,17 @@ def gb(n: int | float) -> str:
     return f"{n / GB:.2f}"
 
 
+PREFIXES = (("model.diffusion_model.", "network."), ("first_stage_model.", "vae."),
+            ("conditioner.embedders.", "conditioner."))
+
+
+def short_at(at: str) -> str:
+    """A module path at the peak with the engine's long prefixes shortened."""
+    for long, brief in PREFIXES:
+        at = at.replace(long, brief)
+    return at
+
+
 def to_dict(plan: Plan) -> dict[str, Any]:
     """JSON-ready: bytes as integers, FLOPs, seconds; the same facts as the table."""
     return {
@@ -57,7 +68,7 @@ def tables(plan: Plan) -> list[Any]:
     for ph in plan.phases:
         floor = f"{ph.floor_s * 1e3:.0f} ms" + (f" x{ph.calls}" if ph.calls > 1 else "")
         p.add_row(ph.name, gb(ph.weights), gb(ph.held), gb(ph.activations), gb(ph.workspace), gb(ph.peak),
-                  gb(ph.peak_math), ph.at, f"{ph.flops / 1e12:.1f}", floor if ph.flops else "")
+                  gb(ph.peak_math), short_at(ph.at), f"{ph.flops / 1e12:.1f}", floor if ph.flops else "")
     budget = "" if plan.budget is None else f" of {gb(plan.budget)} GB budget"
     p.add_row("overall", "", "", "", "", gb(plan.peak), gb(max(x.peak_math for x in plan.phases)),
               f"floor {plan.floor_s():.1f} s{budget}", "", "", style="bold")

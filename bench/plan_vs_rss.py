@@ -86,8 +86,6 @@ def run(case: Case, device: torch.device) -> tuple[str, float, float, float]:
     if device.type == "cpu":
         peak_call(fn, CPU)  # warm-up for the RSS measurement
         rss = peak_call(fn, CPU)[2] * 2**20
-    del engine, fn
-    gc.collect()
     return cmp.phase, cmp.planned, cmp.measured, rss
 
 
@@ -107,6 +105,7 @@ def main() -> None:
     for name in (args.cases.split(",") if args.cases else table):
         case = table[name]
         phase, planned, alloc, rss = run(case, device)
+        gc.collect()  # the case's weights go before the next case builds its own
         w = case.work
         size = f"{w.width}x{w.height}" + (f", {w.frames} frames" if w.frames > 1 else "")
         rss_cells = f"{rss / 2**20:.1f} | {planned / rss:.3f}" if rss else "| "

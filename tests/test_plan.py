@@ -9,9 +9,18 @@ import torch
 
 from gm import presets
 from gm.errors import GmError
-from gm.plan import Planner, Settings, Workload, decode_frames_that_fit, fit, meta_engine, smallest, workload_for
+from gm.plan import (
+    Planner,
+    Settings,
+    Workload,
+    decode_frames_that_fit,
+    fit,
+    meta_engine,
+    smallest,
+    workload_for,
+)
 from gm.plan.report import tables, to_dict
-from gm.plan.tracker import cpu_conv_workspace, sdpa_costs, track, total_flops
+from gm.plan.tracker import cpu_conv_workspace, sdpa_costs, total_flops, track
 
 TINY = Path(__file__).parent / "presets"
 META = torch.device("meta")

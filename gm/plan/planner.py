@@ -8,7 +8,7 @@ active phase's module. `fit(budget)` picks the least costly settings whose peak 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch

@@ -99,12 +99,13 @@ def encode_init_image(engine: Engine, w: Workload, vae_dtype: torch.dtype, dev: 
 
 
 def encode_chunked(engine: Engine, chunk: int | None) -> None:
-    """Set every VAE-encoder embedder's frames per call (None: the preset's)."""
-    if chunk is None or engine.embedders is None:
+    """Set every VAE-encoder embedder's frames per call (None: the preset's own), on the meta engine."""
+    if engine.embedders is None:
         return
     for emb in engine.embedders.embedders:
         if type(emb).__name__ == "VAEEncoderEmbedder":
-            emb.config = dataclasses.replace(emb.config, en_and_decode_n_samples_a_time=chunk)
+            own = emb.__dict__.setdefault("_preset_config", emb.config)
+            emb.config = own if chunk is None else dataclasses.replace(own, en_and_decode_n_samples_a_time=chunk)
 
 
 def run_embedders(engine: Engine, w: Workload, dev: torch.device = META) -> Cond:

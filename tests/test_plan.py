@@ -133,6 +133,8 @@ def test_decode_frames_that_fit_is_the_largest_fitting_chunk() -> None:
     budget = peaks[5] + 1
     assert decode_frames_that_fit(p, budget) == 5
     assert decode_frames_that_fit(p, peaks[1] - 1) == 0
+    weights = p.resident(None, False)
+    assert decode_frames_that_fit(p, peaks[3] - weights, count_weights=False) == 3
 
 
 def test_image_plan_tiles_when_one_image_does_not_fit() -> None:

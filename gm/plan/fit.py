@@ -33,14 +33,18 @@ def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
     return lo
 
 
-def decode_frames_that_fit(planner: Planner, budget: int, staging: bool = False, most: int = 0) -> int:
+def decode_frames_that_fit(planner: Planner, budget: int, staging: bool = False, most: int = 0,
+                           count_weights: bool = True) -> int:
     """Largest decode chunk (frames per call, at most `most` or all) whose decode phase fits `budget`
-    bytes including the resident weights; 0 when not even one frame fits. Replaces the old
-    bytes-per-pixel constant: the figure is the decoder's own live set at this size and dtype."""
+    bytes; 0 when not even one frame fits. With `count_weights` the budget covers the resident weights
+    too (a plan before loading); without, only what the call adds (the device's free memory once the
+    weights are loaded). Replaces the bytes-per-pixel constant: the decoder's own live set at this
+    size and dtype."""
     top = planner.total_frames() if most <= 0 else min(most, planner.total_frames())
 
     def fits(n: int) -> bool:
-        return planner.phase_peak(planner.decode_phase(Settings(decode_chunk=n, staging=staging))) <= budget
+        phase = planner.decode_phase(Settings(decode_chunk=n, staging=staging))
+        return planner.phase_peak(phase) - (0 if count_weights else phase.weights) <= budget
 
     return _largest(1, top, fits) or 0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gm.errors import GmError
-from gm.plan.planner import Phase, Plan, Planner, Settings
+from gm.plan.planner import Plan, Planner, Settings
 
 TILES = (64, 32)  # latent tile sides tried for image decode (512 and 256 pixels)
 GB = 1e9
@@ -145,7 +145,3 @@ def describe(planner: Planner, base: Settings, s: Settings) -> list[str]:
     if s.decode_tile:
         out.append(f"tiled decode: {8 * s.decode_tile}px tiles")
     return out
-
-
-def peak_of(phases: list[Phase], math: bool = False) -> int:
-    return max((p.peak_math if math else p.peak) for p in phases)

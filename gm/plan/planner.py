@@ -115,16 +115,16 @@ class Planner:
         self.attention = attention or {"mps": "math", "cpu": "cpu"}.get(device, "fused")
         self.names = wl.module_names(engine)
         self.weights = weights_by_module(engine)
-        self._cache: dict[tuple, tuple[Tracked, int, int]] = {}
+        self._cache: dict[tuple, tuple[Tracked, int]] = {}
         self._cond: dict[str, torch.Tensor] | None = None
 
     # -- raw phases ---------------------------------------------------------------------------
-    def _run(self, key: tuple, fn: Any) -> tuple[Tracked, int, int]:
+    def _run(self, key: tuple, fn: Any) -> tuple[Tracked, int]:
         if key not in self._cache:
             with track(self.names, self.attention) as (result, counter):
                 out = fn()
                 del out
-            self._cache[key] = (result, total_flops(result, counter), 0)
+            self._cache[key] = (result, total_flops(result, counter))
         return self._cache[key]
 
     def conditioning(self) -> dict[str, torch.Tensor]:
@@ -133,7 +133,7 @@ class Planner:
                 self._cond = wl.run_embedders(self.engine, self.work)
         return self._cond
 
-    def encode(self, chunk: int | None) -> tuple[Tracked, int, int]:
+    def encode(self, chunk: int | None) -> tuple[Tracked, int]:
         def run() -> Any:
             wl.encode_chunked(self.engine, chunk)
             cond = wl.run_embedders(self.engine, self.work)
@@ -143,12 +143,12 @@ class Planner:
 
         return self._run(("encode", chunk), run)
 
-    def sample(self, two_pass: bool) -> tuple[Tracked, int, int]:
+    def sample(self, two_pass: bool) -> tuple[Tracked, int]:
         cond = self.conditioning()
         return self._run(("sample", two_pass),
                          lambda: wl.sample_step(self.engine, self.work, cond, self.preset, two_pass, self.dtype))
 
-    def decode(self, frames: int, tile: int | None = None) -> tuple[Tracked, int, int]:
+    def decode(self, frames: int, tile: int | None = None) -> tuple[Tracked, int]:
         return self._run(("decode", frames, tile),
                          lambda: wl.decode_call(self.engine, self.work, frames, tile, self.vae_dtype))
 
@@ -167,9 +167,9 @@ class Planner:
         h, w = self.work.latent
         return frames * int(self.engine.network.cfg.out_channels) * h * w * 4
 
-    def _phase(self, name: str, raw: tuple[Tracked, int, int], weights: int, held: int, dtype: torch.dtype,
+    def _phase(self, name: str, raw: tuple[Tracked, int], weights: int, held: int, dtype: torch.dtype,
                calls: int = 1) -> Phase:
-        r, flops, _ = raw
+        r, flops = raw
         pk, pm = r.peak, r.peak_math
         return Phase(name, weights, held, pk.activations, pk.workspace, weights + held + pk.bytes,
                      weights + held + pm.bytes, r.largest_scores, f"{pk.module} ({pk.op})".strip(),

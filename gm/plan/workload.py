@@ -11,7 +11,6 @@ over the frames for the video UNet, SV4D's per-frame tensors as they are.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,8 +176,7 @@ def decode_call(engine: Engine, w: Workload, frames: int, tile: int | None, vae_
     h, wd = (tile, tile) if tile else w.latent
     z = torch.zeros(frames, _latent_channels(engine), h, wd, device=dev) / engine.scale_factor
     part = z.to(vae_dtype)
-    images = vae.decode(part, num_frames=frames) if _network_kind(engine) != "unet" and _takes_frames(vae) \
-        else vae.decode(part)
+    images = vae.decode(part, num_frames=frames) if _takes_frames(vae) else vae.decode(part)
     return ((images.float() + 1.0) / 2.0).clamp(0, 1)
 
 
@@ -195,8 +193,6 @@ def decoder_frames(engine: Engine) -> bool:
     """Whether the decoder mixes frames (temporal decoder): then a chunk changes the result."""
     return engine.vae is not None and _takes_frames(engine.vae)
 
-
-PhaseFn = Callable[[], Any]
 
 
 def workload_for(preset: Any, height: int | None = None, width: int | None = None, frames: int | None = None,

@@ -7,6 +7,8 @@
 #            bash bench/device.sh compile-cl                 carry [".whl"]  (~4 min: the same, channels_last)
 #            bash bench/device.sh calls                      carry [".whl"]  (needs --with-peer wheels)
 #            bash bench/device.sh calls-compile              carry [".whl"]  (gm compiled vs diffusers eager)
+#            bash bench/device.sh plan                       carry [".whl"]  (~4 min: memory plan vs
+#                     torch.cuda.max_memory_allocated at release sizes, bench/plan_vs_rss.py --device cuda)
 # Every figure lands in $OUT (JSON + log); copy them into BENCHMARKS.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +31,9 @@ case "${1:-pipelines}" in
                    | tee "$OUT/calls.log" ;;
     calls-compile) python3 bench/run.py --compile --dtype fp16 --cases sdxl-unet-step,sd21-unet-step \
                    --load-preset none --json "$OUT/calls-compile.json" 2>&1 | tee "$OUT/calls-compile.log" ;;
-    *)         echo "usage: bash bench/device.sh pipelines|compile|compile-cl|calls|calls-compile" >&2; exit 2 ;;
+    plan)      python3 bench/plan_vs_rss.py --device cuda --cases "${GM_PLAN_CASES:-sdxl-unet,svd-xt-unet,sv4d2-unet,svd-xt-decode,sdxl-decode}" \
+                   2>&1 | tee "$OUT/plan.log"
+               python3 bench/plan_table.py --presets sdxl-base-1.0,svd-xt,sv4d2 --json "$OUT/plan-table.json" \
+                   2>&1 | tee -a "$OUT/plan.log" ;;
+    *)         echo "usage: bash bench/device.sh pipelines|compile|compile-cl|calls|calls-compile|plan" >&2; exit 2 ;;
 esac

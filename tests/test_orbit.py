@@ -15,7 +15,7 @@ from commands.app import app
 from gm import presets
 from gm.errors import InputError, UsageError
 from gm.io.media import probe_video, video_tags
-from gm.models.build import load_engine
+from gm.loader import load_engine
 from gm.pipelines import objects
 from gm.pipelines.common import Runtime
 from gm.pipelines.orbit import camera, default_azimuths, run_orbit

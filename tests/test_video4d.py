@@ -185,7 +185,7 @@ def test_sv4d2_windows_cover_every_frame() -> None:
 def _sampler(checkpoints: Path, name: str, steps: int = 2):
     import torch
 
-    from gm.models.build import load_engine
+    from gm.loader import load_engine
     from gm.pipelines.common import Runtime
     from gm.pipelines.video4d import Sampler4D, Video4DRequest, check_request, is_sv4d
 
@@ -340,7 +340,7 @@ def test_vae_encoder_copies_run_once_when_identical(tmp_path: Path, identical: b
     import torch
     from safetensors.torch import load_file, save_file
 
-    from gm.models.build import load_engine
+    from gm.loader import load_engine
     from gm.pipelines.video4d import share_identical_encoders
 
     preset = presets.load(str(PRESETS / "tiny-sv4d2.toml"))

@@ -36,7 +36,8 @@ from gm.diffusion.samplers import NoiseFn
 from gm.diffusion.schedules import img2img_sigmas, start_scale, turbo_sigmas, txt2noisy_sigmas
 from gm.errors import UsageError
 from gm.io.files import ensure_dir
-from gm.models.build import Engine, check_engine_file
+from gm.loader import check_file
+from gm.models.build import Engine
 from gm.pipelines.common import (
     Runtime,
     denoiser_for,
@@ -239,7 +240,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
                              f"at {float(sigmas[-1]):.4f}",
                              "give the base and the refiner the same discretization (--set sampler.discretization=...)")
     if refiner is not None:  # a missing or mismatched refiner file fails before the base samples, not after
-        check_engine_file(refiner.preset, refiner.checkpoint, job.unsafe_pickle)
+        check_file(refiner.preset, refiner.checkpoint, job.unsafe_pickle)
     engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
     negative = _negative_for(engine, preset, job)
     spec = TextCondition(job.prompt, negative, height, width,

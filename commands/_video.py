@@ -41,7 +41,7 @@ def output_spec(command: str, preset_name: str, out: str | None, fmt: str, fps: 
     from pathlib import Path
 
     from gm.errors import UsageError
-    from gm.pipelines.video_output import FORMATS, OutputSpec
+    from gm.outputs import FORMATS, OutputSpec
 
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")

@@ -8,8 +8,6 @@ the GPU in --low-vram mode) lives here once.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from gm import device as dev
@@ -18,10 +16,11 @@ from gm.device import Runtime, on_device, runtime_for
 from gm.diffusion import guiders, recipe, samplers
 from gm.diffusion.denoiser import Cond, Denoiser, make_denoiser, unet_network
 from gm.loader import keep_loaded, load, weight_bytes
+from gm.model import run_sampler
 from gm.models.build import Engine
 from gm.presets import GuiderSpec, Preset, SamplerSpec
 
-__all__ = ["Runtime", "keep_loaded", "load", "on_device", "runtime_for", "weight_bytes"]
+__all__ = ["Runtime", "keep_loaded", "load", "on_device", "run_sampler", "runtime_for", "weight_bytes"]
 
 
 def sigmas_for(spec: SamplerSpec, steps: int | None = None) -> torch.Tensor:
@@ -38,27 +37,6 @@ def denoiser_for(engine: Engine, preset: Preset, runtime: Runtime) -> Denoiser:
     spec = preset.denoiser
     return make_denoiser(unet_network(engine.network), spec.scaling, spec.kind == "discrete",
                          sigma_data=spec.sigma_data, device=runtime.device, dtype=runtime.dtype)
-
-
-def run_sampler(
-    spec: SamplerSpec,
-    denoise: samplers.Denoise,
-    noise: torch.Tensor,
-    sigmas: torch.Tensor,
-    generator: torch.Generator,
-    label: str = "sample",
-    name: str | None = None,
-    noise_fn: samplers.NoiseFn | None = None,
-) -> torch.Tensor:
-    """gm.diffusion.recipe.run with a progress bar (`name` overrides the table's sampler)."""
-    if name is not None:
-        spec = dataclasses.replace(spec, name=name)
-    steps = len(sigmas) - 1
-    if steps == 0:
-        return recipe.run(spec, denoise, noise, sigmas, generator, noise_fn)
-    with console.task(label, total=steps, unit="step") as bar:
-        return recipe.run(spec, denoise, noise, sigmas, generator, noise_fn,
-                          callback=lambda i, x, d: bar.advance())
 
 
 def guided_denoise(denoiser: Denoiser, guider, cond: Cond, uc: Cond | None) -> samplers.Denoise:

@@ -24,14 +24,24 @@ from gm.io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_image
 from gm.models.build import Engine
 from gm.pipelines.common import Runtime, load
 from gm.pipelines.video import VideoRequest, animate, check_size, fit_image
-from gm.pipelines.video_output import OutputSpec, finish_frames, save_clip
+from gm.outputs import OutputSpec, finish_frames, save_clip
 from gm.presets import Preset
 
 
 @dataclass(frozen=True)
 class ClipResult:
-    path: Path
+    """One finished clip: where it was written (None: not written) and its watermarked frames."""
+
+    path: Path | None
     record: dict[str, Any]
+    pixels: Any = None  # (T, H, W, 3) uint8
+
+
+def finish_clip(frames: Any, still: Image.Image, output: OutputSpec, record: dict[str, Any]) -> ClipResult:
+    """Watermark the frames and, when the output has a folder, write the clip and its still."""
+    pixels = finish_frames(frames)
+    path = save_clip(pixels, still, output, record) if output.out_dir is not None else None
+    return ClipResult(path, record, pixels)
 
 
 def _json_safe(value: Any) -> Any:
@@ -114,5 +124,4 @@ def run_img2vid(
             "fps": output.fps,
             "size": [height, width],
         }
-        clip = save_clip(finish_frames(frames), fitted, output, record)
-        yield ClipResult(clip, record)
+        yield finish_clip(frames, fitted, output, record)

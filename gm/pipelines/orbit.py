@@ -28,10 +28,10 @@ from gm.console import console
 from gm.errors import UsageError
 from gm.models.build import Engine
 from gm.pipelines.common import Runtime, load
-from gm.pipelines.img2vid import ClipResult, open_input, preset_record
+from gm.pipelines.img2vid import ClipResult, finish_clip, open_input, preset_record
 from gm.pipelines.objects import Segmenter, prepare_object
 from gm.pipelines.video import VideoRequest, image_tensor, sample_clip
-from gm.pipelines.video_output import OutputSpec, finish_frames, save_clip
+from gm.outputs import OutputSpec
 from gm.presets import Preset
 
 
@@ -150,5 +150,4 @@ def orbit_files(
             record["elevations_deg"] = [round(90.0 - float(np.rad2deg(p)), 6) for p in polars]
             record["azimuths_deg"] = [float(a) for a in (default_azimuths(req.frames) if azimuths_deg is None
                                                          else azimuths_deg)]
-        clip = save_clip(finish_frames(frames), view, output, record)
-        yield ClipResult(clip, record)
+        yield finish_clip(frames, view, output, record)

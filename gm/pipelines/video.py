@@ -15,7 +15,7 @@ Mirrors `scripts/sampling/simple_video_sample.py` (REFERENCE §2.2, "Sampling"):
    number of frames.
 
 Engine functions return frames as float tensors (T, 3, H, W) in [0, 1]; writing files is
-gm.pipelines.video_output's job.
+gm.outputs' job.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 from gm.io.files import ensure_dir, write_atomic, write_numbered
 from gm.io.media import write_mp4
 from gm.pipelines.video4d_camera import diagonal_views
-from gm.pipelines.video_output import finish_frames
+from gm.outputs import finish_frames
 from gm.presets import Preset
 
 FPS = 10.0

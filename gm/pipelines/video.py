@@ -79,8 +79,8 @@ def request_from_preset(preset: Preset, frames: int | None = None, steps: int | 
         seed=d.seed if seed is None else seed,
         cond_aug=d.cond_aug if cond_aug is None else cond_aug,
         decoding_t=preset.perf.decoding_t if decoding_t is None else decoding_t,
-        fps_id=d.fps_id if fps_id is None else fps_id,
-        motion_bucket_id=d.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
+        fps_id=getattr(d, "fps_id", 6) if fps_id is None else fps_id,  # orbit presets have none (unused)
+        motion_bucket_id=getattr(d, "motion_bucket_id", 127) if motion_bucket_id is None else motion_bucket_id,
     )
     if req.frames < 1:
         raise UsageError(f"--frames must be at least 1, got {req.frames}", f"{preset.name} was trained on {d.frames}")

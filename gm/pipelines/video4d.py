@@ -71,8 +71,9 @@ class Video4DRequest:
 
 
 def is_sv4d(preset: Preset) -> bool:
-    """SV4D (v1) conditions on SV3D reference views; SV4D 2.0 has a camera-embedding UNet."""
-    return not preset.network.get("use_camera_emb", False)
+    """SV4D (v1) conditions on SV3D reference views; SV4D 2.0 runs autoregressive windows (the
+    preset states which: `[defaults] mode`)."""
+    return preset.defaults.mode == "sv4d"
 
 
 def check_request(preset: Preset, request: Video4DRequest) -> tuple[np.ndarray, np.ndarray]:

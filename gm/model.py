@@ -102,13 +102,18 @@ class Model(FamilyMethods):
 
 def run_sampler(spec: Any, denoise: samplers.Denoise, noise: torch.Tensor, sigmas: torch.Tensor,
                 generator: torch.Generator, label: str = "sample", name: str | None = None,
-                noise_fn: samplers.NoiseFn | None = None) -> torch.Tensor:
-    """gm.diffusion.recipe.run with a progress bar (`name` overrides the table's sampler); the result
-    is finite or a GmError naming the phase."""
+                noise_fn: samplers.NoiseFn | None = None, on_step: Any = None) -> torch.Tensor:
+    """gm.diffusion.recipe.run with a progress bar (`name` overrides the table's sampler; `on_step(i)`
+    runs after step i); the result is finite or a GmError naming the phase."""
     if name is not None:
         spec = dataclasses.replace(spec, name=name)
     if len(sigmas) == 1:
         return recipe.run(spec, denoise, noise, sigmas, generator, noise_fn)
     with console.task(label, total=len(sigmas) - 1, unit="step") as bar:
-        x = recipe.run(spec, denoise, noise, sigmas, generator, noise_fn, callback=lambda i, x, d: bar.advance())
+        def callback(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            bar.advance()
+            if on_step is not None:
+                on_step(i)
+
+        x = recipe.run(spec, denoise, noise, sigmas, generator, noise_fn, callback=callback)
     return check_finite(x, f"sampling ({label})")

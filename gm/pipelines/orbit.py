@@ -83,13 +83,14 @@ def uses_camera(preset: Preset) -> bool:
     return any(t.get("input") in ("polars_rad", "azimuths_rad") for t in preset.conditioner)
 
 
-def run_orbit(engine: Engine, preset: Preset, runtime: Runtime, view: Image.Image, request: VideoRequest,
+def run_orbit(engine: Engine, preset: Preset, runtime: Runtime, view: Image.Image | torch.Tensor, request: VideoRequest,
               elevations_deg: float | Sequence[float] | None = None,
               azimuths_deg: Sequence[float] | None = None) -> torch.Tensor:
-    """A prepared RGB view (model size, object on white) -> orbit frames (T, 3, H, W) in [0, 1],
-    the last one being the view itself. The camera is used only by SV3D_p presets."""
+    """A prepared RGB view (model size, object on white; PIL, or a (1, 3, H, W) tensor in [-1, 1]) ->
+    orbit frames (T, 3, H, W) in [0, 1], the last one being the view itself. The camera is used only
+    by SV3D_p presets."""
     t = request.frames
-    image = image_tensor(view)
+    image = view if isinstance(view, torch.Tensor) else image_tensor(view)
     scalars: dict[str, torch.Tensor] = {"cond_aug": torch.tensor(request.cond_aug)}
     if uses_camera(preset):
         elevation = preset.defaults.elevation_deg if elevations_deg is None else elevations_deg

@@ -28,26 +28,31 @@ from gm.device import Runtime, on_device
 from gm.diffusion import guiders, recipe, samplers
 from gm.diffusion.denoiser import Cond, Denoiser, make_denoiser, unet_network
 from gm.loader import load
-from gm.models.build import Engine
+from gm.models.build import Engine, network_config, vae_config
 from gm.outputs import check_finite
 from gm.presets import Preset
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """Latent layout of a preset: channels and the VAE's downsampling factor (stated once)."""
+    """Latent layout of a preset, worked out in this one place: latent channels, the VAE's
+    downsampling factor, and the pixel grid sizes must fall on (factor x the UNet's downsampling:
+    SDXL base 32, SD 2.1 / the refiner / SVD 64), else the skip connections do not line up."""
 
     channels: int
     factor: int
+    grid: int
 
     def shape(self, height: int, width: int, frames: int = 1) -> tuple[int, int, int, int]:
         return frames, self.channels, height // self.factor, width // self.factor
 
 
 def geometry(preset: Preset) -> Geometry:
-    """From the [network] output channels and the [vae] levels (SD/SDXL/SVD: 4 channels, factor 8)."""
-    vae_levels = len((preset.vae or {}).get("ch_mult", (1, 2, 4, 4)))
-    return Geometry(int(preset.network.get("out_channels", 4)), 2 ** (vae_levels - 1))
+    """From the validated [network] and [vae] configs (their real defaults, not guesses)."""
+    network, _ = network_config(preset)
+    vae = vae_config(preset)
+    factor = 2 ** (len(vae[0].ch_mult) - 1) if vae is not None else 1
+    return Geometry(network.out_channels, factor, factor * 2 ** (len(network.channel_mult) - 1))
 
 
 @dataclass

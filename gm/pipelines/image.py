@@ -37,6 +37,7 @@ from gm.diffusion.schedules import img2img_sigmas, start_scale, turbo_sigmas, tx
 from gm.errors import UsageError
 from gm.io.files import ensure_dir
 from gm.loader import check_file
+from gm.model import geometry
 from gm.models.build import Engine
 from gm.pipelines.common import (
     Runtime,
@@ -63,9 +64,6 @@ from gm.pipelines.image_cond import (
 from gm.pipelines.image_input import load_image, native_size
 from gm.outputs import ImageResult, a1111_fields, image_results
 from gm.presets import Preset
-
-LATENT_CHANNELS = 4  # every SD / SDXL autoencoder: 4 channels, factor 8
-FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -268,14 +266,14 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
         moments = posterior(engine, init, runtime)  # one VAE encode; image k draws its own posterior sample
         starts = (_renoise(posterior_latent(engine, moments, runtime, g), sigmas, g, runtime) for g in generators)
     elif job.command == "turbo":
-        shape = (1, LATENT_CHANNELS, height // FACTOR, width // FACTOR)
+        shape = geometry(preset).shape(height, width)
         seeds = [job.seed + k for k in range(job.count)]
         if seeds[-1] + 1 + len(sigmas) >= 2**32:
             raise UsageError(f"turbo seeds must stay below 2**32 (numpy's RandomState), got {job.seed}", "use a smaller --seed")
         starts = (numpy_noise(s, shape, runtime.device) for s in seeds)
         noise_fns = [turbo_noise_fn(s, shape, runtime.device) for s in seeds]
     else:
-        shape = (1, LATENT_CHANNELS, height // FACTOR, width // FACTOR)
+        shape = geometry(preset).shape(height, width)
         starts = (noise_like(shape, g, runtime) for g in generators)
     latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample", noise_fns)
     fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))

@@ -31,6 +31,7 @@ from gm import device as dev
 from gm.console import console
 from gm.errors import PresetError, UsageError
 from gm.io.media import to_rgb
+from gm.model import geometry
 from gm.models.build import Engine
 from gm.pipelines.common import (
     Runtime,
@@ -95,15 +96,8 @@ def request_from_preset(preset: Preset, frames: int | None = None, steps: int | 
     return req
 
 
-def size_multiple(preset: Preset) -> int:
-    """Image sides must be multiples of this: VAE factor x the UNet's downsampling (64 for SVD)."""
-    vae_levels = len((preset.vae or {}).get("ch_mult", (1, 2, 4, 4)))
-    unet_levels = len(preset.network.get("channel_mult", (1, 2, 4, 4)))
-    return 2 ** (vae_levels - 1) * 2 ** (unet_levels - 1)
-
-
 def check_size(preset: Preset, height: int, width: int) -> None:
-    m = size_multiple(preset)
+    m = geometry(preset).grid
     if height <= 0 or width <= 0 or height % m or width % m:
         raise UsageError(f"size {height}x{width} is not a multiple of {m}",
                          f"set --set defaults.height=... / defaults.width=... to multiples of {m}")
@@ -196,9 +190,7 @@ def sample_clip(engine: Engine, preset: Preset, runtime: Runtime, image: torch.T
     c, uc = {**c, **extra}, {**uc, **extra}
     spec = dataclasses.replace(preset.guider, additional_keys=(*preset.guider.additional_keys, "image_only_indicator"))
     guider = guider_for(spec, frames=t)
-    factor = 2 ** (len((preset.vae or {}).get("ch_mult", (1, 2, 4, 4))) - 1)
-    channels = int(preset.network.get("out_channels", 4))
-    noise = torch.randn((t, channels, height // factor, width // factor), generator=generator, dtype=torch.float32)
+    noise = torch.randn(geometry(preset).shape(height, width, t), generator=generator, dtype=torch.float32)
     denoiser = denoiser_for(engine, preset, runtime)
     with on_device(engine.network, runtime), torch.inference_mode():
         z = run_sampler(preset.sampler, guided_denoise(denoiser, guider, c, uc), noise.to(runtime.device),

@@ -24,6 +24,7 @@ from gm import device as dev
 from gm.console import console
 from gm.errors import UsageError
 from gm.loader import check_file
+from gm.model import geometry
 from gm.models.build import Engine
 from gm.pipelines.common import (
     Runtime,
@@ -186,7 +187,7 @@ class Sampler4D:
         return torch.randn(shape, generator=self.generator, dtype=torch.float32)  # CPU, as the reference
 
     def latent_shape(self) -> tuple[int, int, int]:
-        return 4, self.request.size // 8, self.request.size // 8
+        return geometry(self.preset).shape(self.request.size, self.request.size)[1:]
 
     def sample(self, c: Cond, uc: Cond, label: str) -> torch.Tensor:
         """One full sampling run of the T*V window from fresh CPU noise -> latents."""

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gm import device as dev
+
 _OUT = {"txt2img": "outputs/txt2img", "refine": "outputs/refine", "turbo": "outputs/turbo",
         "img2vid": "outputs/img2vid", "orbit": "outputs/orbit"}
 
@@ -40,17 +42,13 @@ class FamilyMethods:
 
     def _image(self, command: str, prompt: str, options: dict[str, Any], tensors: bool, save: bool,
                out: str | Path | None) -> list[Any]:
-        from gm.pipelines.image import ImageJob, effective_preset, refine, txt2img
+        from gm.pipelines.image import refine, txt2img
+        from gm.pipelines.image_job import image_job
 
-        preset = effective_preset(self.preset, options.pop("steps", None), options.pop("sampler", None),
-                                  options.pop("cfg", None))
-        seed = options.pop("seed", None)
         init = options.pop("init_image", None)
         images = tuple(Path(p) for p in ([init] if isinstance(init, (str, Path)) else (init or ())))
-        job = ImageJob(command=command, prompt=prompt, negative=options.pop("negative", ""),
-                       seed=preset.defaults.seed if seed is None else seed, count=options.pop("n", 1),
-                       out_dir=_out_dir(command, save, out), init_images=images,
-                       strength=options.pop("strength", 0.75 if command == "txt2img" else 0.3), **options)
+        preset, job = image_job(self.preset, command, prompt=prompt, count=options.pop("n", 1),  # type: ignore[arg-type]
+                                init_images=images, out_dir=_out_dir(command, save, out), **options)
         run = refine if command == "refine" else txt2img
         return [_as(r.pixels, tensors) for r in run(preset, self.runtime, job, model=self)]
 
@@ -61,9 +59,7 @@ class FamilyMethods:
                 save: bool = False, out: str | Path | None = None) -> list[Any]:
         """`gm txt2img` on the loaded model: n images, image k with seed + k."""
         options = dict(negative=negative, n=n, seed=seed, steps=steps, cfg=cfg, sampler=sampler, width=width,
-                       height=height, aspect=aspect, init_image=init_image)
-        if strength is not None:
-            options["strength"] = strength
+                       height=height, aspect=aspect, init_image=init_image, strength=strength)
         return self._image("txt2img", prompt, options, tensors, save, out)
 
     def turbo(self, prompt: str, *, n: int = 1, seed: int | None = None, steps: int | None = None,
@@ -80,7 +76,6 @@ class FamilyMethods:
         """`gm refine`: img2img of image files, each at its own size."""
         options = dict(negative=negative, strength=strength, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                        init_image=[images] if isinstance(images, (str, Path)) else list(images))
-        options["n"] = len(options["init_image"])
         return self._image("refine", prompt, options, tensors, save, out)
 
     def _clips(self, command: str, images: Any, options: dict[str, Any], tensors: bool, save: bool,
@@ -114,3 +109,24 @@ class FamilyMethods:
         """`gm orbit`: one orbit per object image (SV3D_p follows `elevation` / `azimuths`)."""
         options = dict(steps=steps, seed=seed, elevations_deg=elevation, azimuths_deg=azimuths, remove_bg=remove_bg)
         return self._clips("orbit", images, options, tensors, save, out)
+
+    def video4d(self, source: str | Path, *, frames: int | None = None, steps: int | None = None,
+                seed: int | None = None, size: int | None = None, elevation: float | list[float] | None = None,
+                azimuths: list[float] | None = None, sv3d: str = "sv3d-u", tensors: bool = False,
+                save: bool = False, out: str | Path | None = None) -> dict[str, Any]:
+        """`gm video4d` on the loaded SV4D-family model: {"process_input", "v001", ..., "grid"} -> frames
+        (SV4D also loads its `sv3d` preset for the reference views)."""
+        from gm.pipelines.video4d import render
+        from gm.pipelines.video4d_job import video4d_request
+        from gm.pipelines.video4d_output import Writer
+
+        request = video4d_request(self.preset, str(source), frames=frames, steps=steps, seed=seed, size=size,
+                                  elevations=elevation, azimuths=azimuths, sv3d=sv3d)
+        folder = Path(out) if out is not None else (Path("outputs/video4d") / self.preset.name if save else None)
+        writer = Writer(folder, self.preset, request) if folder is not None else None
+        videos = render(self.preset, lambda p: self.runtime if p is self.preset else dev.runtime_for(p.perf, str(self.runtime.device)),
+                        request, engine=self.engine)
+        if writer is not None:
+            for tag, pixels in videos.items():
+                writer.video(tag, pixels)
+        return {tag: _as(pixels, tensors) for tag, pixels in videos.items()}

@@ -128,7 +128,7 @@ def image_results(images: torch.Tensor, out_dir: Path | None, prompt: str, field
         path = None
         if out_dir is not None:
             info = png_info(text, meta)
-            path = write_numbered(out_dir, ".png", lambda tmp, px=image: write_png(tmp, px, info))
+            path = write_numbered(out_dir, ".png", lambda tmp, px=image, info=info: write_png(tmp, px, info))
         yield ImageResult(path, seed, prompt, image, meta)
 
 VideoFormat = Literal["mp4", "gif", "frames"]

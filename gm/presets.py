@@ -55,6 +55,7 @@ class DenoiserSpec:
 class SamplerSpec:
     name: str = "euler"  # a key of gm.diffusion.samplers.SAMPLERS
     steps: int = 50
+    scheduler: str = "normal"  # "normal" = the discretization below; else gm.diffusion.schedules.SCHEDULERS
     discretization: str = "legacy_ddpm"  # a key of gm.diffusion.schedules.DISCRETIZATIONS
     sigma_min: float = 0.002  # edm only
     sigma_max: float = 80.0  # edm only
@@ -215,11 +216,13 @@ def parse(data: dict[str, Any], source: str) -> Preset:
 def check_names(preset: Preset) -> None:
     """Sampler, discretization and guider names against the registries that define them (once)."""
     from gm.diffusion.guiders import GUIDERS
+    from gm.diffusion.recipe import scheduler_names
     from gm.diffusion.samplers import SAMPLERS
     from gm.diffusion.schedules import DISCRETIZATIONS
 
     for table, key, value, registry in (("sampler", "name", preset.sampler.name, SAMPLERS),
                                         ("sampler", "discretization", preset.sampler.discretization, DISCRETIZATIONS),
+                                        ("sampler", "scheduler", preset.sampler.scheduler, scheduler_names()),
                                         ("guider", "kind", preset.guider.kind, GUIDERS)):
         if value not in registry:
             raise PresetError(f"{preset.source}.{table}.{key}: {value!r} is not one of {', '.join(registry)}")

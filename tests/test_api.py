@@ -61,3 +61,21 @@ def test_api_pixels_equal_the_command_files_and_the_model_stays_loaded(tmp_path:
     assert tensors[0].shape == (3, 64, 64)
     assert torch.equal((tensors[0] * 255).round().to(torch.uint8).permute(1, 2, 0), torch.from_numpy(written))
     assert not (tmp_path / "outputs").exists()
+
+
+def test_video_families_return_frames_without_writing(tmp_path: Path) -> None:
+    """img2vid, orbit and video4d on loaded tiny models: frames as PIL lists or tensors, no files."""
+    for name in ("tiny-svd", "tiny-sv3d-u", "tiny-sv4d2"):
+        make_checkpoint(presets.load(str(HERE / "presets" / f"{name}.toml")), tmp_path / "ckpt")
+    still = HERE / "data" / "test_image_256x144.png"
+    clips = gm.load(str(HERE / "presets" / "tiny-svd.toml"), device="cpu").img2vid([still, still], seed=3)
+    assert len(clips) == 2 and len(clips[0]) == 4 and clips[0][0].size == (96, 64)
+    assert any(np.asarray(a).tobytes() != np.asarray(b).tobytes() for a, b in zip(clips[0], clips[1]))  # seed + k
+    orbit = gm.load(str(HERE / "presets" / "tiny-sv3d-u.toml"), device="cpu")
+    frames = orbit.orbit(str(HERE / "data" / "test_image_256x144.png"), steps=1, remove_bg=False, tensors=True)
+    assert frames[0].shape == (21, 3, 64, 64) and 0 <= float(frames[0].min()) <= float(frames[0].max()) <= 1
+    m = gm.load(str(HERE / "presets" / "tiny-sv4d2.toml"), device="cpu")
+    videos = m.video4d(HERE / "data" / "camel_small.gif", frames=12, size=64, steps=1, seed=7)
+    assert sorted(videos) == ["grid", "process_input", "v001", "v002", "v003", "v004"]
+    assert len(videos["v001"]) == 12 and videos["grid"][0].size == (192, 128)
+    assert not (tmp_path / "outputs").exists()

@@ -214,7 +214,7 @@ def one_line_error(err: str) -> str:
         (["--elevations", "a,b"], "expects numbers"),
         (["--elevation", "5", "--elevations", ",".join(["5"] * 21)], "not both"),
         (["--image-frame-ratio", "2"], "--image-frame-ratio must be in (0, 1]"),
-        (["--preset", "svd"], "not an orbit one"),
+        (["--preset", "svd"], "not an orbit model"),
     ],
 )
 def test_orbit_bad_inputs_exit_2(checkpoints: Path, tmp_path: Path, args: list[str], message: str) -> None:

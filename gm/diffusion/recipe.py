@@ -36,9 +36,11 @@ def check_names(sampler: str, scheduler: str = NORMAL, discretization: str | Non
                          f"use one of {', '.join(schedules.DISCRETIZATIONS)}")
 
 
-def sigmas_for(spec: Any, steps: int | None = None, scheduler: str = NORMAL) -> torch.Tensor:
-    """The descending schedule (trailing 0) of a sampler table, `steps` overriding its own."""
+def sigmas_for(spec: Any, steps: int | None = None) -> torch.Tensor:
+    """The descending schedule (trailing 0) of a sampler table, `steps` overriding its own; the
+    table's `scheduler` picks the spacing ("normal": its discretization)."""
     n = spec.steps if steps is None else steps
+    scheduler = getattr(spec, "scheduler", NORMAL)
     if n < 1:
         raise UsageError(f"steps must be at least 1, got {n}", "e.g. --steps 30")
     check_names(spec.name, scheduler, spec.discretization)

@@ -6,7 +6,7 @@ and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/
 * txt2img: unit noise from a CPU generator seeded with seed + k (image k of -n N), scaled by
   sqrt(1 + sigma_0^2) inside the sampler; CFG runs as one [uc; c] batch.
 * img2img (--init-image, gm refine): VAE encode with a posterior *sample* (as AutoencoderKL does),
-  schedule pruned by `img2img_sigmas(strength)`, start z + sigma_0 * eps 
+  schedule pruned by `img2img_sigmas(strength)`, start z + sigma_0 * eps
 * refiner hand-off: the base stops at the non-zero sigma_asc[p] of `txt2noisy_sigmas`; the
   refiner continues from exactly that sigma with `img2img_sigmas` and no fresh noise. Both use the
   same N so the two schedules meet. `finish=False`: the base runs to 0 and the refiner SDEdits the
@@ -19,11 +19,7 @@ and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -39,6 +35,7 @@ from gm.io.files import ensure_dir
 from gm.loader import check_file
 from gm.model import geometry
 from gm.models.build import Engine
+from gm.outputs import ImageResult, a1111_fields, image_results
 from gm.pipelines.common import (
     Runtime,
     decode,
@@ -62,51 +59,8 @@ from gm.pipelines.image_cond import (
     zeroes_uc_text,
 )
 from gm.pipelines.image_input import load_image, native_size
-from gm.outputs import ImageResult, a1111_fields, image_results
+from gm.pipelines.image_job import ImageJob, RefinerPlan, check_strength
 from gm.presets import Preset
-
-
-@dataclass(frozen=True)
-class RefinerPlan:
-    """`gm txt2img --refiner`: which refiner, how much of the schedule it runs, and how."""
-
-    preset: Preset
-    strength: float = 0.15
-    finish: bool = True  # hand over the still-noisy latent (demo default); False = SDEdit the clean one
-    checkpoint: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    """One invocation of txt2img / refine / turbo, after option parsing."""
-
-    command: Literal["txt2img", "refine", "turbo"]
-    prompt: str
-    negative: str
-    seed: int
-    count: int
-    out_dir: Path | None  # None: nothing is written (the Python API without save)
-    width: int | None = None  # None: the preset's (txt2img) or the input image's (img2img)
-    height: int | None = None
-    aspect: str | None = None
-    init_images: tuple[Path, ...] = ()
-    strength: float = 1.0  # img2img; 1.0 = the whole schedule
-    refiner: RefinerPlan | None = None
-    checkpoint: str | None = None
-    unsafe_pickle: bool = False
-
-
-def effective_preset(preset: Preset, steps: int | None, sampler: str | None, cfg: float | None) -> Preset:
-    """The preset with the command-line choices written in (that is what outputs record)."""
-    if steps is not None:
-        preset = presets.replace(preset, "sampler", steps=steps)
-    if sampler is not None:
-        preset = presets.replace(preset, "sampler", name=sampler)
-    if cfg is not None:
-        if not math.isfinite(cfg):
-            raise UsageError(f"--cfg must be a finite number, got {cfg}", "e.g. --cfg 7")
-        preset = presets.replace(preset, "guider", scale=cfg)
-    return preset
 
 
 def _uses_uc(guider: object) -> bool:
@@ -121,11 +75,6 @@ def _renoise(z: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator, 
     """Unit-scale start for the sampler so that it begins at z + sigma_0 * eps."""
     eps = noise_like(tuple(z.shape), generator, runtime)
     return (z + sigmas[0].item() * eps) / start_scale(sigmas).item()
-
-
-def check_strength(value: float, option: str) -> None:
-    if not 0.0 < value <= 1.0:
-        raise UsageError(f"{option} must be in (0, 1], got {value}", f"e.g. {option} 0.5")
 
 
 def _img2img(full: torch.Tensor, strength: float, option: str) -> torch.Tensor:

@@ -22,9 +22,9 @@ from gm.console import console
 from gm.errors import InputError
 from gm.io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_image
 from gm.models.build import Engine
+from gm.outputs import OutputSpec, finish_frames, save_clip
 from gm.pipelines.common import Runtime, load
 from gm.pipelines.video import VideoRequest, animate, check_size, fit_image
-from gm.outputs import OutputSpec, finish_frames, save_clip
 from gm.presets import Preset
 
 

@@ -27,11 +27,11 @@ from PIL import Image
 from gm.console import console
 from gm.errors import UsageError
 from gm.models.build import Engine
+from gm.outputs import OutputSpec
 from gm.pipelines.common import Runtime, load
 from gm.pipelines.img2vid import ClipResult, finish_clip, open_input, preset_record
 from gm.pipelines.objects import Segmenter, prepare_object
 from gm.pipelines.video import VideoRequest, image_tensor, sample_clip
-from gm.outputs import OutputSpec
 from gm.presets import Preset
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,10 @@ import torch
 
 from gm import device as dev
 from gm.console import console
-from gm.errors import UsageError
 from gm.loader import check_file
 from gm.model import geometry
 from gm.models.build import Engine
+from gm.outputs import finish_frames
 from gm.pipelines.common import (
     Runtime,
     denoiser_for,
@@ -39,60 +38,16 @@ from gm.pipelines.common import (
 from gm.pipelines.video4d_camera import (
     SV4D_SUBSET,
     roll_orbit,
-    sv4d2_camera,
     sv4d2_window_starts,
     sv4d_anchor_frames,
-    sv4d_camera,
     sv4d_dense_starts,
 )
 from gm.pipelines.video4d_input import preprocess, read_frames, to_tensor
+from gm.pipelines.video4d_job import Video4DRequest, check_request, is_sv4d, sv3d_preset
 from gm.pipelines.video4d_output import Writer
 from gm.presets import Preset
 
 Cond = dict[str, torch.Tensor | int]
-
-
-@dataclass(frozen=True)
-class Video4DRequest:
-    """Everything `gm video4d` decides before loading a model."""
-
-    source: str
-    frames: int
-    steps: int
-    seed: int
-    size: int
-    frame_ratio: float
-    elevations: float | tuple[float, ...]
-    azimuths: tuple[float, ...] | None
-    encoding_t: int
-    decoding_t: int
-    remove_bg: bool = False
-    pad: bool = False
-    sv3d_preset: str = "sv3d-u"
-
-
-def is_sv4d(preset: Preset) -> bool:
-    """SV4D (v1) conditions on SV3D reference views; SV4D 2.0 runs autoregressive windows (the
-    preset states which: `[defaults] mode`)."""
-    return preset.defaults.mode == "sv4d"
-
-
-def check_request(preset: Preset, request: Video4DRequest) -> tuple[np.ndarray, np.ndarray]:
-    """Validate before any loading; returns the novel views' (polar_rad, azimuth_rad)."""
-    if request.size <= 0 or request.size % 64:
-        raise UsageError(f"--img-size must be a positive multiple of 64, got {request.size}", "e.g. 576 or 512")
-    if request.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {request.steps}")
-    if not 0.0 < request.frame_ratio <= 1.0:
-        raise UsageError(f"--image-frame-ratio must be in (0, 1], got {request.frame_ratio}")
-    window = preset.defaults.window_frames
-    if is_sv4d(preset):
-        if request.frames != 21:
-            raise UsageError(f"{preset.name} makes 21 frames (its windows are fixed), got --frames {request.frames}")
-        return sv4d_camera(request.elevations, request.azimuths)
-    if request.frames < window:
-        raise UsageError(f"--frames must be at least {window} for {preset.name}, got {request.frames}")
-    return sv4d2_camera(preset.defaults.views, request.elevations, request.azimuths)
 
 
 def with_encoding_chunk(preset: Preset, encoding_t: int) -> Preset:
@@ -214,24 +169,14 @@ class Sampler4D:
         return decode(self.engine, z, self.runtime, self.request.decoding_t, label=label) * 2.0 - 1.0
 
 
-def sv3d_preset(name: str) -> Preset:
-    """SV4D's reference-view model (--sv3d-preset): an orbit preset, or a UsageError."""
-    from gm import presets
-
-    sv3d = presets.load(name)
-    if sv3d.family != "orbit":
-        raise UsageError(f"--sv3d-preset {name} is a {sv3d.family} model, not an SV3D one", "use sv3d-u or sv3d-p")
-    return sv3d
-
-
 def sv3d_reference_views(request: Video4DRequest, runtime_of, frame0: torch.Tensor,
-                         sv3d: Preset, checkpoint: str | Path | None) -> torch.Tensor:
+                         sv3d: Preset, checkpoint: str | Path | None, unsafe_pickle: bool = False) -> torch.Tensor:
     """SV3D orbit of frame 0 (in [-1, 1], as prepared), rolled so the input comes first: (21, 3, H, W)."""
     from gm.pipelines.orbit import run_orbit
     from gm.pipelines.video import request_from_preset
 
     runtime = runtime_of(sv3d)
-    engine = load(sv3d, runtime, checkpoint)
+    engine = load(sv3d, runtime, checkpoint, unsafe_pickle)
     orbit_req = request_from_preset(sv3d, frames=21, steps=request.steps, seed=request.seed,
                                     cond_aug=1e-5, decoding_t=request.decoding_t)
     frames = run_orbit(engine, sv3d, runtime, frame0[None], orbit_req,
@@ -274,21 +219,30 @@ def run_sv4d2(s: Sampler4D, img: torch.Tensor, overall) -> None:
 
 def video4d(preset: Preset, runtime_of, request: Video4DRequest, out_dir: Path,
             checkpoint: str | None = None, sv3d_checkpoint: str | None = None,
-            engine: Engine | None = None) -> list[Path]:
-    """The whole `gm video4d` run; `runtime_of(preset)` decides device/dtype per model. Every
-    option, input and checkpoint is checked before anything runs, and the files are written only
-    when all sampling is done (a failed run leaves none). Returns the written files
+            engine: Engine | None = None, unsafe_pickle: bool = False) -> list[Path]:
+    """The whole `gm video4d` run: `render`, then write every video under one number. The files are
+    written only when all sampling is done (a failed run leaves none). Returns the written files
     (process_input, [t000], v001..., [diag], grid)."""
+    writer = Writer(out_dir, preset, request)
+    videos = render(preset, runtime_of, request, checkpoint, sv3d_checkpoint, engine, unsafe_pickle)
+    return [writer.video(tag, pixels) for tag, pixels in videos.items()]
+
+
+def render(preset: Preset, runtime_of, request: Video4DRequest, checkpoint: str | None = None,
+           sv3d_checkpoint: str | None = None, engine: Engine | None = None,
+           unsafe_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Every video of a run as watermarked uint8 frames (N, H, W, 3) by tag; `runtime_of(preset)`
+    decides device/dtype per model, `engine` is an already loaded SV4D-family model. Every option,
+    input and checkpoint is checked before anything runs."""
     polars, azimuths = check_request(preset, request)
     sv4d = is_sv4d(preset)
     sv3d = sv3d_preset(request.sv3d_preset) if sv4d else None
     # Both checkpoints are matched with their presets from the headers before anything runs: the
     # SV4D file would otherwise be read only after the minutes-long SV3D stage.
-    path = check_file(preset, checkpoint) if engine is None else None
-    sv3d_path = check_file(sv3d, sv3d_checkpoint, option="--sv3d-checkpoint") if sv3d else None
+    path = check_file(preset, checkpoint, unsafe_pickle) if engine is None else None
+    sv3d_path = check_file(sv3d, sv3d_checkpoint, unsafe_pickle, option="--sv3d-checkpoint") if sv3d else None
     images = read_frames(request.source, request.frames, pad=request.pad)
     motion = to_tensor(preprocess(images, request.size, request.frame_ratio, remove_bg=request.remove_bg))
-    writer = Writer(out_dir, preset, request)
     console.log(f"seed {request.seed}")
     videos: dict[str, torch.Tensor] = {"process_input": motion}
     views = preset.defaults.views
@@ -298,12 +252,12 @@ def video4d(preset: Preset, runtime_of, request: Video4DRequest, out_dir: Path,
         len(sv4d2_window_starts(request.frames, preset.defaults.window_frames, views))
     with console.task(f"{preset.name} overall", total=passes + (1 if sv4d else 0), unit="pass") as overall:
         if sv3d is not None:
-            img[0] = sv3d_reference_views(request, runtime_of, motion[0], sv3d, sv3d_path)[list(SV4D_SUBSET)]
+            img[0] = sv3d_reference_views(request, runtime_of, motion[0], sv3d, sv3d_path, unsafe_pickle)[list(SV4D_SUBSET)]
             videos["t000"] = img[0].clone()  # the dense pass overwrites t = 0
             overall.advance()
         runtime = runtime_of(preset)
         if engine is None:
-            engine = load(with_encoding_chunk(preset, request.encoding_t), runtime, path)
+            engine = load(with_encoding_chunk(preset, request.encoding_t), runtime, path, unsafe_pickle)
             dropped = share_identical_encoders(engine)
             if dropped:
                 console.log(f"the VAE encoder copies are identical: running one ({dropped} dropped)")
@@ -311,6 +265,6 @@ def video4d(preset: Preset, runtime_of, request: Video4DRequest, out_dir: Path,
         (run_sv4d if sv4d else run_sv4d2)(sampler, img, overall)
     videos.update({f"v{v:03d}": img[:, v] for v in range(1, views + 1)})
     if sv4d:
-        videos["diag"] = writer.diagonal(img)
-    videos["grid"] = writer.grid(img, columns=math.ceil(math.sqrt(views + 1)))
-    return [writer.video(tag, frames) for tag, frames in videos.items()]
+        videos["diag"] = Writer.diagonal(img)
+    videos["grid"] = Writer.grid(img, columns=math.ceil(math.sqrt(views + 1)))
+    return {tag: finish_frames(((frames.float() + 1.0) / 2.0).clamp(0, 1)) for tag, frames in videos.items()}

@@ -12,6 +12,7 @@ written, results are checked to be finite (`check_finite`): a NaN image is an er
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -30,6 +31,24 @@ from gm.io import watermark
 from gm.io.files import ensure_dir, next_number, write_atomic, write_numbered
 from gm.io.media import png_info, to_uint8, write_gif, write_mp4, write_png
 from gm.presets import Preset
+
+
+def json_safe(value: Any) -> Any:
+    """inf/nan as strings, so a record is strict JSON (s_tmax is inf in the video presets)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def run_record(command: str, preset: Preset, seed: int, **fields: Any) -> dict[str, Any]:
+    """The one metadata schema of every file gm writes (PNG `gm` chunk, mp4/gif comment): the command,
+    its seed, gm's version, the whole effective preset, then the command's own fields."""
+    return {"command": command, "seed": seed, "gm_version": gm_version(), "preset": json_safe(preset.to_dict()),
+            **json_safe(fields)}
 
 
 def check_finite(values: torch.Tensor, phase: str) -> torch.Tensor:
@@ -124,7 +143,7 @@ def image_results(images: torch.Tensor, out_dir: Path | None, prompt: str, field
         (image,), marked = finish_pixels(images[k:k + 1])
         seed = first_seed + k
         text = parameters_text(prompt, str(record.get("negative_prompt", "")), {**fields, "Seed": seed})
-        meta = {**record, "seed": seed, "watermark": marked, "gm_version": gm_version(), "parameters": text}
+        meta = {**record, "seed": seed, "watermark": marked, "parameters": text}
         path = None
         if out_dir is not None:
             info = png_info(text, meta)

@@ -1,4 +1,4 @@
-"""`gm orbit` (SV3D): camera arrays (REFERENCE §2.2), object centring, end to end on tiny presets."""
+"""`gm orbit` (SV3D): camera arrays, object centring, end to end on tiny presets."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def object_image(size: tuple[int, int] = (120, 80), mode: str = "RGBA") -> Image
     return img.convert(mode)
 
 
-# ---------------------------------------------------------------- camera (§2.2)
+# ---------------------------------------------------------------- camera
 
 
 def test_default_camera_matches_the_reference() -> None:

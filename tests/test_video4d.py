@@ -1,4 +1,4 @@
-"""`gm video4d`: camera maths against REFERENCE §2.5/§2.6, window layout, input errors, and end to
+"""`gm video4d`: camera maths against the reference scripts', window layout, input errors, and end to
 end runs of tiny SV4D / SV4D 2.0 presets on small inputs."""
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_sv4d2_end_to_end_frame_folder(tmp_path: Path, checkpoints: Path, monkey
     assert len(read_video(out / "000000_v001.mp4")) == 12
     assert read_video(out / "000000_grid.mp4")[0].size == (192, 128)  # 3 x 2 tiles of 64
     record = json.loads(video_tags(out / "000000_v003.mp4")["comment"])
-    assert record["request"]["seed"] == 7 and record["preset"] == "tiny-sv4d2"
+    assert record["seed"] == 7 and record["preset"]["name"] == "tiny-sv4d2" and record["command"] == "video4d"
     again = gm(args, checkpoints, monkeypatch)  # never overwritten: the next number
     assert again.exit_code == 0 and (out / "000001_v004.mp4").is_file()
 
@@ -179,7 +179,7 @@ def test_sv4d2_windows_cover_every_frame() -> None:
         assert covered == set(range(frames)), frames
 
 
-# ---------------------------------------------------------------- sampling procedure (REFERENCE §2.5-2.6)
+# ---------------------------------------------------------------- sampling procedure
 
 
 def _sampler(checkpoints: Path, name: str, steps: int = 2):

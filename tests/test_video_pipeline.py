@@ -1,4 +1,4 @@
-"""`gm img2vid` end to end on tiny SVD presets (CPU), the §2.2 conditioning, and bad inputs."""
+"""`gm img2vid` end to end on tiny SVD presets (CPU), the reference's conditioning, and bad inputs."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def img2vid(checkpoints: Path, out: Path, *extra: str, preset: str = "tiny-svd",
               "--device", "cpu", "--out", str(out), *extra)
 
 
-# ---------------------------------------------------------------- conditioning (REFERENCE §2.2)
+# ---------------------------------------------------------------- conditioning
 
 
 def test_conditioning_follows_the_reference(engine) -> None:

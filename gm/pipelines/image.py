@@ -35,7 +35,7 @@ from gm.io.files import ensure_dir
 from gm.loader import check_file
 from gm.model import geometry
 from gm.models.build import Engine
-from gm.outputs import ImageResult, a1111_fields, image_results
+from gm.outputs import ImageResult, a1111_fields, image_results, run_record
 from gm.pipelines.common import (
     Runtime,
     decode,
@@ -226,8 +226,8 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
         starts = (noise_like(shape, g, runtime) for g in generators)
     latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample", noise_fns)
     fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))
-    record: dict[str, object] = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative,
-                                 "width": width, "height": height, "preset": preset.to_dict()}
+    record = run_record(job.command, preset, job.seed, prompt=job.prompt, negative_prompt=negative, width=width,
+                        height=height)
     if job.negative != negative:
         record["negative_prompt_ignored"] = job.negative
     if init is not None:
@@ -286,8 +286,7 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Itera
                                 f"refine {i + 1}/{len(job.init_images)}")
         fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset))
         fields["Denoising strength"] = job.strength
-        record = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative, "width": width,
-                  "height": height, "init_image": str(path), "strength": job.strength,
-                  "preset": preset.to_dict()}
+        record = run_record(job.command, preset, job.seed + i, prompt=job.prompt, negative_prompt=negative,
+                            width=width, height=height, init_image=str(path), strength=job.strength)
         yield from image_results(_decode_all(engine, runtime, [latent]), job.out_dir, job.prompt, fields, record,
                                  job.seed + i)

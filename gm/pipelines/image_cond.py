@@ -1,4 +1,4 @@
-"""Image sizes and text/size conditioning for SDXL, SD 2.x and Turbo (REFERENCE §1.3, §3.1-§3.3).
+"""Image sizes and text/size conditioning for SDXL, SD 2.x and Turbo.
 
 Mirrors what `sgm/inference/helpers.py` (`get_batch`, `get_unconditional_conditioning`) and the
 streamlit demo feed the `GeneralConditioner`: the prompt under `txt`, SDXL's micro-conditioning

@@ -1,16 +1,15 @@
 """`gm img2vid`'s job: for each input image, fit it to the model size, animate it, write the clip.
 
-The loop of `scripts/sampling/simple_video_sample.py` for the SVD versions (REFERENCE §2.1-2.2),
+The loop of `scripts/sampling/simple_video_sample.py` for the SVD versions,
 with the reference's rough edges fixed: any input size works (resized to cover the model size and
-centre-cropped, said on stderr, instead of the crashing floor-to-64 path, §8 item 11), RGBA is
-composited on white instead of losing its alpha, svd-xt-1.1 is accepted (§8 item 13), and each
+centre-cropped, said on stderr, instead of the crashing floor-to-64 path), RGBA is
+composited on white instead of losing its alpha, svd-xt-1.1 is accepted, and each
 input gets its own seed (seed + index) recorded in the file, so any one clip can be re-made alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from gm.console import console
 from gm.errors import InputError
 from gm.io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_image
 from gm.models.build import Engine
-from gm.outputs import OutputSpec, finish_frames, save_clip
+from gm.outputs import OutputSpec, finish_frames, run_record, save_clip
 from gm.pipelines.common import Runtime, load
 from gm.pipelines.video import VideoRequest, animate, check_size, fit_image
 from gm.presets import Preset
@@ -42,24 +41,6 @@ def finish_clip(frames: Any, still: Image.Image, output: OutputSpec, record: dic
     pixels = finish_frames(frames)
     path = save_clip(pixels, still, output, record) if output.out_dir is not None else None
     return ClipResult(path, record, pixels)
-
-
-def _json_safe(value: Any) -> Any:
-    """inf/nan as strings, so the record is strict JSON (s_tmax is inf in the video presets)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def preset_record(preset: Preset) -> dict[str, Any]:
-    """The sampling-relevant tables of the effective preset (the architecture is the checkpoint's)."""
-    data = preset.to_dict()
-    tables = {k: data[k] for k in ("denoiser", "sampler", "guider", "defaults") if k in data}
-    return {"name": preset.name, "source": preset.source, **_json_safe(tables)}
 
 
 def warn_unusual(request: VideoRequest) -> None:
@@ -110,18 +91,7 @@ def run_img2vid(
             console.log(f"{path}: {image.width}x{image.height} resized to cover {width}x{height} and centre-cropped")
         req = dataclasses.replace(request, seed=request.seed + index)
         frames = animate(engine, preset, runtime, fitted, req)
-        record = {
-            "command": "img2vid",
-            "input": str(path),
-            "preset": preset_record(preset),
-            "seed": req.seed,
-            "steps": req.steps,
-            "frames": req.frames,
-            "fps_id": req.fps_id,
-            "motion_bucket_id": req.motion_bucket_id,
-            "cond_aug": req.cond_aug,
-            "decoding_t": req.decoding_t,
-            "fps": output.fps,
-            "size": [height, width],
-        }
+        record = run_record("img2vid", preset, req.seed, input=str(path), steps=req.steps, frames=req.frames,
+                            fps_id=req.fps_id, motion_bucket_id=req.motion_bucket_id, cond_aug=req.cond_aug,
+                            decoding_t=req.decoding_t, fps=output.fps, size=[height, width])
         yield finish_clip(frames, fitted, output, record)

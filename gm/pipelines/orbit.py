@@ -1,14 +1,14 @@
 """SV3D_u / SV3D_p: a 21-view orbit around the object in one image.
 
-Mirrors the SV3D branches of `scripts/sampling/simple_video_sample.py` (REFERENCE §2.1-2.2):
+Mirrors the SV3D branches of `scripts/sampling/simple_video_sample.py`:
 the object view is prepared by gm.pipelines.objects (background removal, centring, white,
 576x576 LANCZOS), cond_aug is 1e-5, the guider is the triangle ramp, and after decoding the
 LAST frame is replaced by the input view itself (the last orbit position is the input's azimuth).
 
 Camera (SV3D_p): polars = deg2rad(90 - elevation) per frame; azimuths default to
 linspace(0, 360, 22)[1:] mod 360 (17.14, 34.29, ..., 342.86, 0) and are fed relative to the last
-entry: deg2rad((a_i - a_last) mod 360). The reference's "sort" of that list is a no-op (§8 item
-12) and is not reproduced.
+entry: deg2rad((a_i - a_last) mod 360). The reference's "sort" of that list is a no-op and is not
+reproduced.
 
 `run_orbit` is the engine function (also used by the 4D pipeline for its reference views): it
 returns frames as a tensor; `orbit_files` is the command's loop that writes them.
@@ -27,9 +27,9 @@ from PIL import Image
 from gm.console import console
 from gm.errors import UsageError
 from gm.models.build import Engine
-from gm.outputs import OutputSpec
+from gm.outputs import OutputSpec, run_record
 from gm.pipelines.common import Runtime, load
-from gm.pipelines.img2vid import ClipResult, finish_clip, open_input, preset_record
+from gm.pipelines.img2vid import ClipResult, finish_clip, open_input
 from gm.pipelines.objects import Segmenter, prepare_object
 from gm.pipelines.video import VideoRequest, image_tensor, sample_clip
 from gm.presets import Preset
@@ -135,18 +135,9 @@ def orbit_files(
         view = prepare_object(image, size, frame_ratio, remove_bg, segment)
         req = dataclasses.replace(request, seed=request.seed + index)
         frames = run_orbit(engine, preset, runtime, view, req, elevations_deg, azimuths_deg)
-        record = {
-            "command": "orbit",
-            "input": str(path),
-            "preset": preset_record(preset),
-            "seed": req.seed,
-            "steps": req.steps,
-            "frames": req.frames,
-            "cond_aug": req.cond_aug,
-            "decoding_t": req.decoding_t,
-            "fps": output.fps,
-            "image_frame_ratio": frame_ratio,
-        }
+        record = run_record("orbit", preset, req.seed, input=str(path), steps=req.steps, frames=req.frames,
+                            cond_aug=req.cond_aug, decoding_t=req.decoding_t, fps=output.fps,
+                            image_frame_ratio=frame_ratio)
         if camera_on:
             record["elevations_deg"] = [round(90.0 - float(np.rad2deg(p)), 6) for p in polars]
             record["azimuths_deg"] = [float(a) for a in (default_azimuths(req.frames) if azimuths_deg is None

@@ -1,6 +1,6 @@
 """Image -> video sampling of SVD / SVD-XT (and the shared core that SV3D's orbit runs on).
 
-Mirrors `scripts/sampling/simple_video_sample.py` (REFERENCE §2.2, "Sampling"):
+Mirrors `scripts/sampling/simple_video_sample.py`:
 
 1. values: `cond_frames_without_noise` = the image in [-1, 1]; `cond_frames` = image + cond_aug * eps;
    the scalars (fps_id, motion_bucket_id, cond_aug; SV3D_p: polars_rad, azimuths_rad) one per frame;

@@ -139,6 +139,7 @@ def image_results(images: torch.Tensor, out_dir: Path | None, prompt: str, field
                   record: dict[str, Any], first_seed: int) -> Iterator[ImageResult]:
     """Watermark decoded (N, 3, H, W) [0, 1] images, and (with `out_dir`) write each as the next
     numbered PNG with its metadata; image k has seed first_seed + k."""
+    check_finite(images, "decode")  # every image, before the first file is written
     for k in range(images.shape[0]):
         (image,), marked = finish_pixels(images[k:k + 1])
         seed = first_seed + k

@@ -11,36 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
 
 from gm.console import console
-from gm.errors import InputError
-from gm.io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_image
 from gm.models.build import Engine
-from gm.outputs import OutputSpec, finish_frames, run_record, save_clip
+from gm.outputs import OutputSpec, run_record
 from gm.pipelines.common import Runtime, load
-from gm.pipelines.video import VideoRequest, animate, check_size, fit_image
+from gm.pipelines.video import (
+    ClipResult,
+    VideoRequest,
+    animate,
+    check_size,
+    finish_clip,
+    fit_image,
+    open_input,
+)
 from gm.presets import Preset
-
-
-@dataclass(frozen=True)
-class ClipResult:
-    """One finished clip: where it was written (None: not written) and its watermarked frames."""
-
-    path: Path | None
-    record: dict[str, Any]
-    pixels: Any = None  # (T, H, W, 3) uint8
-
-
-def finish_clip(frames: Any, still: Image.Image, output: OutputSpec, record: dict[str, Any]) -> ClipResult:
-    """Watermark the frames and, when the output has a folder, write the clip and its still."""
-    pixels = finish_frames(frames)
-    path = save_clip(pixels, still, output, record) if output.out_dir is not None else None
-    return ClipResult(path, record, pixels)
 
 
 def warn_unusual(request: VideoRequest) -> None:
@@ -49,24 +35,6 @@ def warn_unusual(request: VideoRequest) -> None:
         console.warn(f"fps-id {request.fps_id} is outside the trained range 5..30; results may be poor")
     if request.motion_bucket_id > 255:
         console.warn(f"motion-bucket-id {request.motion_bucket_id} is above the trained range 0..255")
-
-
-def open_input(path: Path) -> Any:
-    """The image at `path`; videos (animated gifs included) and other files are one-line InputErrors."""
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_SUFFIXES and suffix != ".gif":
-        raise InputError(f"{path}: is a video, not an image", "pass a .png/.jpg image; gm video4d takes videos")
-    if suffix not in IMAGE_SUFFIXES and suffix != ".gif":
-        raise InputError(f"{path}: not an image file ({suffix or 'no suffix'})",
-                         f"pass one of {', '.join(IMAGE_SUFFIXES)}")
-    image = open_image(path)
-    if suffix == ".gif":
-        with Image.open(path) as gif:
-            frames = getattr(gif, "n_frames", 1)
-        if frames > 1:
-            raise InputError(f"{path}: is an animated gif ({frames} frames), not an image",
-                             "pass one frame as a .png/.jpg image; gm video4d takes videos")
-    return image
 
 
 def run_img2vid(

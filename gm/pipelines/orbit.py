@@ -29,9 +29,8 @@ from gm.errors import UsageError
 from gm.models.build import Engine
 from gm.outputs import OutputSpec, run_record
 from gm.pipelines.common import Runtime, load
-from gm.pipelines.img2vid import ClipResult, finish_clip, open_input
 from gm.pipelines.objects import Segmenter, prepare_object
-from gm.pipelines.video import VideoRequest, image_tensor, sample_clip
+from gm.pipelines.video import ClipResult, VideoRequest, finish_clip, image_tensor, open_input, sample_clip
 from gm.presets import Preset
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +31,11 @@ from PIL import Image
 
 from gm import device as dev
 from gm.console import console
-from gm.errors import PresetError, UsageError
-from gm.io.media import to_rgb
+from gm.errors import InputError, PresetError, UsageError
+from gm.io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_image, to_rgb
 from gm.model import geometry
 from gm.models.build import Engine
+from gm.outputs import OutputSpec, finish_frames, save_clip
 from gm.pipelines.common import (
     Runtime,
     decode,
@@ -211,3 +214,37 @@ def animate(engine: Engine, preset: Preset, runtime: Runtime, image: Image.Image
         "cond_aug": torch.tensor(request.cond_aug),
     }
     return sample_clip(engine, preset, runtime, image_tensor(image), scalars, request)
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """One finished clip: where it was written (None: not written) and its watermarked frames."""
+
+    path: Path | None
+    record: dict[str, Any]
+    pixels: Any = None  # (T, H, W, 3) uint8
+
+
+def finish_clip(frames: Any, still: Image.Image, output: OutputSpec, record: dict[str, Any]) -> ClipResult:
+    """Watermark the frames and, when the output has a folder, write the clip and its still."""
+    pixels = finish_frames(frames)
+    path = save_clip(pixels, still, output, record) if output.out_dir is not None else None
+    return ClipResult(path, record, pixels)
+
+
+def open_input(path: Path) -> Any:
+    """The image at `path`; videos (animated gifs included) and other files are one-line InputErrors."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES and suffix != ".gif":
+        raise InputError(f"{path}: is a video, not an image", "pass a .png/.jpg image; gm video4d takes videos")
+    if suffix not in IMAGE_SUFFIXES and suffix != ".gif":
+        raise InputError(f"{path}: not an image file ({suffix or 'no suffix'})",
+                         f"pass one of {', '.join(IMAGE_SUFFIXES)}")
+    image = open_image(path)
+    if suffix == ".gif":
+        with Image.open(path) as gif:
+            frames = getattr(gif, "n_frames", 1)
+        if frames > 1:
+            raise InputError(f"{path}: is an animated gif ({frames} frames), not an image",
+                             "pass one frame as a .png/.jpg image; gm video4d takes videos")
+    return image

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gm.model import Model
+    from gm.api import Model
 
 __all__ = ["load"]
 
@@ -22,7 +22,7 @@ def load(preset: str | Path | Any, *, checkpoint: str | Path | None = None, devi
          dtype: str | None = None, low_vram: bool | None = None, compile: bool | None = None,
          unsafe_pickle: bool = False, overrides: tuple[str, ...] = ()) -> Model:
     """Load a preset (name, .toml path or Preset) and its checkpoint into a `gm.model.Model`."""
-    from gm.model import Model
+    from gm.api import Model
 
     return Model.load(str(preset) if isinstance(preset, Path) else preset, checkpoint=checkpoint, device=device,
                       dtype=dtype, low_vram=low_vram, compile=compile, unsafe_pickle=unsafe_pickle,

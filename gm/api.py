@@ -1,5 +1,6 @@
-"""The Python API's family methods of `gm.model.Model`: the same Jobs and pipelines as the commands,
-returning images / frames instead of printing paths, and writing files only when asked.
+"""`Model`, the Python API: a loaded preset (gm.model.ModelBase) with one method per family, built on the
+same Jobs and pipelines as the commands, returning images / frames instead of printing paths, and
+writing files only when asked.
 
 Each method takes the command's options as keyword arguments (None = the preset's default) and
 returns PIL images (frames: a list of PIL images per clip), or with `tensors=True` float tensors in
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from gm import device as dev
+from gm.model import ModelBase
 
 _OUT = {"txt2img": "outputs/txt2img", "refine": "outputs/refine", "turbo": "outputs/turbo",
         "img2vid": "outputs/img2vid", "orbit": "outputs/orbit"}
@@ -34,11 +36,8 @@ def _as(pixels: np.ndarray, tensors: bool) -> Any:
     return Image.fromarray(pixels) if pixels.ndim == 3 else [Image.fromarray(f) for f in pixels]
 
 
-class FamilyMethods:
-    """Mixed into Model; `self.preset`, `self.runtime` and the loaded engine come from there."""
-
-    preset: Any
-    runtime: Any
+class Model(ModelBase):
+    """What `gm.load` returns: loaded once, used for many calls."""
 
     def _image(self, command: str, prompt: str, options: dict[str, Any], tensors: bool, save: bool,
                out: str | Path | None) -> list[Any]:

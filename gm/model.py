@@ -1,14 +1,12 @@
-"""`Model`: one loaded preset — its modules, runtime, latent geometry and sampling recipe.
+"""A loaded preset — its modules, runtime, latent geometry and sampling recipe — and the pieces of
+it the pipelines share (geometry, the sampler run with progress and finite check).
 
-Every pipeline works on a Model (the CLI loads one per command; the Python API keeps one loaded
-across calls):
+`ModelBase` is what the pipelines see; `gm.api.Model` adds the family methods (txt2img, refine, turbo,
+img2vid, orbit, video4d) on top of the pipelines, so this module never imports them:
 
     import gm
-    m = gm.load("sdxl-base-1.0")
+    m = gm.load("sdxl-base-1.0")                           # a gm.api.Model
     images = m.txt2img("a red fox in the snow", steps=30)   # PIL images, nothing written
-
-The family methods (txt2img, refine, turbo, img2vid, orbit, video4d) live in gm.api and build the
-same Jobs the commands build; `save=True` or `out=DIR` also writes the files the command would.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import torch
 
 from gm import device as dev
 from gm import presets
-from gm.api import FamilyMethods
 from gm.console import console
 from gm.device import Runtime, on_device
 from gm.diffusion import guiders, recipe, samplers
@@ -56,7 +53,7 @@ def geometry(preset: Preset) -> Geometry:
 
 
 @dataclass
-class Model(FamilyMethods):
+class ModelBase:
     """A loaded preset. `preset` is the loaded one; a job may change its sampling tables, never its
     architecture."""
 
@@ -69,7 +66,7 @@ class Model(FamilyMethods):
     @classmethod
     def load(cls, preset: str | Preset, *, checkpoint: str | Path | None = None, device: str = "auto",
              dtype: str | None = None, low_vram: bool | None = None, compile: bool | None = None,
-             unsafe_pickle: bool = False, overrides: tuple[str, ...] = ()) -> Model:
+             unsafe_pickle: bool = False, overrides: tuple[str, ...] = ()) -> ModelBase:
         """Read the preset (a name, a .toml path or a Preset), check and load its checkpoint."""
         p = preset if isinstance(preset, Preset) else presets.load(preset, list(overrides))
         runtime = dev.runtime_for(p.perf, device, dtype, low_vram, compile)
@@ -102,7 +99,7 @@ class Model(FamilyMethods):
                                noise_fn=noise_fn)
 
     def __repr__(self) -> str:
-        return f"Model({self.preset.name!r}, device={self.runtime.device}, dtype={self.runtime.dtype})"
+        return f"{type(self).__name__}({self.preset.name!r}, device={self.runtime.device}, dtype={self.runtime.dtype})"
 
 
 def run_sampler(spec: Any, denoise: samplers.Denoise, noise: torch.Tensor, sigmas: torch.Tensor,

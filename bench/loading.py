@@ -47,7 +47,8 @@ def worker(kind: str, preset_name: str, path: Path) -> dict:
     import torch
 
     from gm import presets
-    from gm.models.build import build_engine, load_engine
+    from gm.loader import load_engine
+    from gm.models.build import build_engine
 
     preset = presets.load(preset_name)
     base = _status_mib("VmRSS")

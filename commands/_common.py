@@ -1,14 +1,17 @@
 """Shared CLI pieces: option types, the error boundary, preset handling.
 
-Commands stay thin (STYLE.md rule 9): parse options, call one engine function inside `run`,
-print results through gm.console. Heavy imports (torch, models) happen inside command bodies so
-that `gm --help` stays fast.
+Commands stay thin: parse options -> a Job -> run -> print. `command` registers a body with the
+options every generating command shares (--preset, --set, device and precision, checkpoint, output
+switches), handed to it as one `Common`. Heavy imports (torch, models) happen inside command bodies
+so that `gm --help` stays fast.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -96,19 +99,75 @@ def run_or_tidy(fn: Callable[[], T]) -> T:
         raise
 
 
-def load_preset(name: str, overrides: list[str] | None, show: bool = False) -> Any:
-    """Load (and type-check) a preset; with --show-preset print it and stop."""
-    from gm import presets
+@dataclass(frozen=True)
+class Common:
+    """The shared options of one command line."""
 
-    preset = presets.load(name, overrides or [])
-    if show:
-        sys.stdout.write(presets.to_toml(preset))
-        raise typer.Exit(0)
-    return preset
+    preset: str
+    overrides: list[str] | None
+    device: str
+    dtype: str
+    low_vram: bool
+    compile_: bool
+    checkpoint: str | None
+    unsafe_pickle: bool
+    show_preset: bool
+    json_mode: bool
+    quiet: bool
+    debug: bool
+
+    def load_preset(self, family: str, expected: str, hint: str, name: str | None = None) -> Any:
+        """The preset with --set applied, of the command's family (UsageError otherwise); with
+        --show-preset it is printed and the command stops."""
+        from gm import presets
+        from gm.errors import UsageError
+
+        preset = presets.load(name or self.preset, self.overrides or [])
+        if preset.family != family:
+            raise UsageError(f"preset '{preset.name}' is a {preset.family} model, not {expected}", hint)
+        if self.show_preset:
+            sys.stdout.write(presets.to_toml(preset))
+            raise typer.Exit(0)
+        return preset
+
+    def runtime(self, preset: Any) -> Any:
+        """The performance options -> a Runtime; `auto` / off defer to the preset's [perf] table."""
+        from gm.device import runtime_for
+
+        return runtime_for(preset.perf, self.device, None if self.dtype == "auto" else self.dtype,
+                           self.low_vram or None, self.compile_ or None)
 
 
-def runtime(preset: Any, device: str, dtype: str, low_vram: bool, compile_: bool = False) -> Any:
-    """The performance options -> a Runtime; `auto` / off defer to the preset's [perf] table."""
-    from gm.pipelines.common import runtime_for
+def _common_parameters(preset_default: str, preset_help: str) -> list[inspect.Parameter]:
+    options: list[tuple[str, Any, Any]] = [
+        ("preset", Annotated[str, typer.Option("--preset", "-p", help=preset_help, rich_help_panel=MAIN)],
+         preset_default),
+        ("checkpoint", CheckpointOpt, None), ("unsafe_pickle", UnsafePickleOpt, False), ("overrides", SetOpt, None),
+        ("device", DeviceOpt, "auto"), ("dtype", DtypeOpt, "auto"), ("low_vram", LowVramOpt, False),
+        ("compile_", CompileOpt, False), ("show_preset", ShowPresetOpt, False), ("json_mode", JsonOpt, False),
+        ("quiet", QuietOpt, False), ("debug", DebugOpt, False),
+    ]
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=tp, default=default)
+            for name, tp, default in options]
 
-    return runtime_for(preset, device, None if dtype == "auto" else dtype, low_vram or None, compile_ or None)
+
+def command(app: typer.Typer, name: str, *, help: str, preset: str, preset_help: str,
+            short_help: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register `body(common, **own_options)` as `gm NAME` with the shared options added; the body
+    runs inside the error boundary (`run`)."""
+
+    def decorate(body: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(body, eval_str=True).parameters.values() if p.name != "common"]
+        shared = _common_parameters(preset, preset_help)
+        names = [p.name for p in shared]
+
+        def cli(**values: Any) -> None:
+            common = Common(**{n: values.pop(n) for n in names})
+            run(lambda: body(common, **values), quiet=common.quiet, debug=common.debug, json_mode=common.json_mode)
+
+        cli.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+        cli.__name__ = name.replace("-", "_")
+        app.command(name, help=help, short_help=short_help)(cli)
+        return body
+
+    return decorate

@@ -1,7 +1,7 @@
 """Options and glue shared by the image commands (`txt2img`, `refine`, `turbo`).
 
-Kept apart from `_common.py` because only these three commands take prompts and samplers. No
-torch here: the engine is imported inside the command bodies.
+No torch here: the engine is imported inside the command bodies. Sampler and scheduler names are
+checked against gm.diffusion's registries when the job is built, not listed here.
 """
 
 from __future__ import annotations
@@ -10,29 +10,28 @@ from typing import Annotated, Any
 
 import typer
 
-from commands._common import MAIN, SAMPLING
+from ._common import MAIN, OUTPUT, SAMPLING, Common
 
-SAMPLERS = ("euler", "heun", "euler_a", "dpmpp_2s_a", "dpmpp_2m", "lms")
-
+PRESET_HELP = "Preset name or .toml path."
 NegativeOpt = Annotated[str, typer.Option(
     "--negative", help="Negative prompt (uc). Ignored by SDXL base / Turbo, whose uc zeroes the text embeddings.",
     rich_help_panel=MAIN)]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Sampling steps (default: the preset's).",
                                               rich_help_panel=SAMPLING)]
 SamplerOpt = Annotated[str | None, typer.Option("--sampler", metavar="NAME",
-                                                help=f"One of {', '.join(SAMPLERS)} (default: the preset's).",
-                                                rich_help_panel=SAMPLING)]
+                                                help="euler, heun, euler_a, dpmpp_2m, ... (default: the preset's; "
+                                                     "an unknown name lists them all).", rich_help_panel=SAMPLING)]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", metavar="NAME",
+                                                  help="Sigma spacing: normal (the preset's discretization) or a "
+                                                       "registered scheduler (an unknown name lists them).",
+                                                  rich_help_panel=SAMPLING)]
 CfgOpt = Annotated[float | None, typer.Option("--cfg", help="Classifier-free guidance scale (default: the preset's).",
                                               rich_help_panel=SAMPLING)]
 CountOpt = Annotated[int, typer.Option("-n", "--num", help="Number of images; image k uses seed + k.",
                                        rich_help_panel=SAMPLING)]
-
-
-def check_sampler(name: str | None) -> None:
-    from gm.errors import UsageError
-
-    if name is not None and name not in SAMPLERS:
-        raise UsageError(f"unknown sampler {name!r}", f"use one of {', '.join(SAMPLERS)}")
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the preset's).",
+                                             rich_help_panel=SAMPLING)]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)]
 
 
 def requires(needed: str, present: bool, given: dict[str, bool]) -> None:
@@ -46,34 +45,23 @@ def requires(needed: str, present: bool, given: dict[str, bool]) -> None:
                          f"add {needed} or drop {' and '.join(used)}")
 
 
-def prepare(preset_name: str, overrides: list[str] | None, show: bool, steps: int | None, sampler: str | None,
-            cfg: float | None) -> Any:
-    """Load the preset, write the command-line choices into it, and with --show-preset print it."""
-    import sys
+def run_images(common: Common, command: str, out: str, **options: Any) -> None:
+    """Preset + options -> the image Job -> run -> one line per written image on stdout."""
+    from pathlib import Path
 
     from gm import presets
-    from gm.pipelines.image import effective_preset
+    from gm.console import console
+    from gm.pipelines.image import refine, txt2img
+    from gm.pipelines.image_job import image_job, image_preset
 
-    check_sampler(sampler)
-    preset = effective_preset(presets.load(preset_name, overrides or []), steps, sampler, cfg)
-    if preset.family != "image":
-        from gm.errors import UsageError
+    preset, job = image_job(image_preset(common.preset, common.overrides or []), command,  # type: ignore[arg-type]
+                            out_dir=Path(out), checkpoint=common.checkpoint, unsafe_pickle=common.unsafe_pickle,
+                            **options)
+    if common.show_preset:
+        import sys
 
-        raise UsageError(f"preset '{preset.name}' is a {preset.family} model, not an image model",
-                         "pick an image preset, e.g. --preset sdxl-base-1.0")
-    if show:
         sys.stdout.write(presets.to_toml(preset))
         raise typer.Exit(0)
-    return preset
-
-
-def emit(results: Any) -> int:
-    """Print each written image (path, or JSON with --json) as soon as it exists."""
-    from gm.console import console
-
-    count = 0
-    for result in results:
+    run = refine if command == "refine" else txt2img
+    for result in run(preset, common.runtime(preset), job):
         console.result(result.path, seed=result.seed, prompt=result.prompt)
-        count += 1
-    return count
-

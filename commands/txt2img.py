@@ -1,5 +1,5 @@
-"""`gm txt2img`: images from a prompt with SDXL / SD 2.1 (REFERENCE §3.1-§3.5: api.text_to_image,
-image_to_image, the demo's base -> refiner hand-off)."""
+"""`gm txt2img`: images from a prompt with SDXL / SD 2.1 (the reference's text_to_image and
+image_to_image, and its demo's base -> refiner hand-off)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,19 @@ from typing import Annotated
 
 import typer
 
-from commands._common import (
-    MAIN,
-    SAMPLING,
-    CheckpointOpt,
-    CompileOpt,
-    DebugOpt,
-    DeviceOpt,
-    DtypeOpt,
-    JsonOpt,
-    LowVramOpt,
+from ._common import MAIN, SAMPLING, Common, command
+from ._image import (
+    CfgOpt,
+    CountOpt,
+    NegativeOpt,
     OutOpt,
-    QuietOpt,
+    SamplerOpt,
+    SchedulerOpt,
     SeedOpt,
-    SetOpt,
-    ShowPresetOpt,
-    UnsafePickleOpt,
-    run,
-    runtime,
+    StepsOpt,
+    requires,
+    run_images,
 )
-from commands._image import CfgOpt, CountOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare, requires
 
 HELP = (
     "Generate images from a prompt (SDXL base 0.9/1.0, SD 2.1 512/768).\n\n"
@@ -39,12 +32,11 @@ HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("txt2img", help=HELP)
-    def command(
+    @command(app, "txt2img", help=HELP, preset="sdxl-base-1.0", preset_help="Preset name or .toml path.")
+    def body(
+        common: Common,
         prompt: Annotated[str, typer.Argument(help="What to draw (77 CLIP tokens at most; longer is cut, with a warning).")],
         negative: NegativeOpt = "",
-        preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name or .toml path.",
-                                            rich_help_panel=MAIN)] = "sdxl-base-1.0",
         width: Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels, a multiple of 8 "
                                                   "(64 recommended; default: the preset's).", rich_help_panel=MAIN)] = None,
         height: Annotated[int | None, typer.Option("--height", "-H", help="Height in pixels, a multiple of 8.",
@@ -60,6 +52,7 @@ def register(app: typer.Typer) -> None:
                                                        rich_help_panel=MAIN)] = None,
         steps: StepsOpt = None,
         sampler: SamplerOpt = None,
+        scheduler: SchedulerOpt = None,
         cfg: CfgOpt = None,
         seed: SeedOpt = None,
         num: CountOpt = 1,
@@ -75,40 +68,13 @@ def register(app: typer.Typer) -> None:
         refiner_checkpoint: Annotated[str | None, typer.Option("--refiner-checkpoint", metavar="FILE",
                                                                help="Checkpoint file of the refiner.",
                                                                rich_help_panel=MAIN)] = None,
-        overrides: SetOpt = None,
-        device: DeviceOpt = "auto",
-        dtype: DtypeOpt = "auto",
-        low_vram: LowVramOpt = False,
-        compile_: CompileOpt = False,
-        checkpoint: CheckpointOpt = None,
-        unsafe_pickle: UnsafePickleOpt = False,
         out: OutOpt = "outputs/txt2img",
-        show_preset: ShowPresetOpt = False,
-        json_mode: JsonOpt = False,
-        quiet: QuietOpt = False,
-        debug: DebugOpt = False,
     ) -> None:
-        def body() -> None:
-            from gm.pipelines.image import ImageJob, RefinerPlan, txt2img
-
-            requires("--init-image", init_image is not None, {"--strength": strength is not None})
-            requires("--refiner", refiner is not None, {"--refiner-strength": refiner_strength is not None,
-                                                        "--finish/--no-finish": finish is not None,
-                                                        "--refiner-checkpoint": refiner_checkpoint is not None})
-            chosen = prepare(preset, overrides, show_preset, steps, sampler, cfg)
-            plan = None
-            if refiner is not None:
-                refiner_preset = prepare(refiner, None, False, steps, sampler, cfg)
-                plan = RefinerPlan(refiner_preset, 0.15 if refiner_strength is None else refiner_strength,
-                                   finish is not False, refiner_checkpoint)
-            job = ImageJob(
-                command="txt2img", prompt=prompt, negative=negative,
-                seed=chosen.defaults.seed if seed is None else seed, count=num, out_dir=Path(out),
-                width=width, height=height, aspect=aspect, init_images=(init_image,) if init_image is not None else (),
-                strength=0.75 if strength is None else strength,
-                refiner=plan, checkpoint=checkpoint, unsafe_pickle=unsafe_pickle,
-            )
-            emit(txt2img(chosen, runtime(chosen, device, dtype, low_vram, compile_), job))
-
-        run(body, quiet=quiet, debug=debug, json_mode=json_mode)
-
+        requires("--init-image", init_image is not None, {"--strength": strength is not None})
+        requires("--refiner", refiner is not None, {"--refiner-strength": refiner_strength is not None,
+                                                    "--finish/--no-finish": finish is not None,
+                                                    "--refiner-checkpoint": refiner_checkpoint is not None})
+        run_images(common, "txt2img", out, prompt=prompt, negative=negative, width=width, height=height,
+                   aspect=aspect, init_images=(init_image,) if init_image is not None else (), strength=strength,
+                   steps=steps, sampler=sampler, scheduler=scheduler, cfg=cfg, seed=seed, count=num, refiner=refiner,
+                   refiner_strength=refiner_strength, finish=finish, refiner_checkpoint=refiner_checkpoint)

@@ -1,5 +1,5 @@
-"""`gm video4d`: novel-view videos of a moving object from one video (SV4D, SV4D 2.0;
-scripts/sampling/simple_video_sample_4d.py and simple_video_sample_4d2.py)."""
+"""`gm video4d`: novel-view videos of a moving object with SV4D / SV4D 2.0 (the reference's
+simple_video_sample_4d.py and simple_video_sample_4d2.py)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,8 @@ from typing import Annotated
 
 import typer
 
-from commands._common import (
-    MAIN,
-    OUTPUT,
-    PERF,
-    SAMPLING,
-    CheckpointOpt,
-    CompileOpt,
-    DebugOpt,
-    DeviceOpt,
-    DtypeOpt,
-    JsonOpt,
-    LowVramOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-    ShowPresetOpt,
-    load_preset,
-    run,
-    runtime,
-)
-from commands.orbit import parse_list
+from ._common import MAIN, OUTPUT, PERF, SAMPLING, Common, command
+from ._video import SeedOpt, camera_options
 
 HELP = """Make novel-view videos of the object in a video (SV4D 2.0 4-view or 8-view, SV4D).
 
@@ -40,13 +21,12 @@ paths go to stdout.
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("video4d", help=HELP, short_help="Novel-view videos of a moving object from one video (SV4D, SV4D 2.0).")
-    def command(
+    @command(app, "video4d", help=HELP, short_help="Novel-view videos of a moving object from one video (SV4D, "
+             "SV4D 2.0).", preset="sv4d2", preset_help="sv4d2, sv4d2-8views, sv4d, or a .toml path.")
+    def body(
+        common: Common,
         source: Annotated[str, typer.Argument(metavar="INPUT", help="Video, frame folder or quoted pattern.",
                                               show_default=False)],
-        preset: Annotated[str, typer.Option("--preset", "-p", help="sv4d2, sv4d2-8views, sv4d, or a .toml path.",
-                                            rich_help_panel=MAIN)] = "sv4d2",
-        checkpoint: CheckpointOpt = None,
         sv3d_preset: Annotated[str, typer.Option("--sv3d-preset", help="SV4D only: sv3d-u or sv3d-p for the "
                                                  "reference views.", rich_help_panel=MAIN)] = "sv3d-u",
         sv3d_checkpoint: Annotated[str | None, typer.Option("--sv3d-checkpoint", metavar="FILE",
@@ -72,60 +52,26 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[int | None, typer.Option("--steps", help="Sampler steps (also SV3D's for SV4D).",
                                                   rich_help_panel=SAMPLING)] = None,
         seed: SeedOpt = None,
-        overrides: SetOpt = None,
-        device: DeviceOpt = "auto",
-        dtype: DtypeOpt = "auto",
-        low_vram: LowVramOpt = False,
-        compile_: CompileOpt = False,
         encoding_t: Annotated[int | None, typer.Option("--encoding-t", help="Frames per VAE encode call "
                               "(0 = all; default 8).", rich_help_panel=PERF)] = None,
         decoding_t: Annotated[int | None, typer.Option("--decoding-t", help="Frames per VAE decode call "
                               "(0 = all; default 4).", rich_help_panel=PERF)] = None,
         out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (default "
                        "outputs/video4d/<preset>).", rich_help_panel=OUTPUT)] = None,
-        show_preset: ShowPresetOpt = False,
-        as_json: JsonOpt = False,
-        quiet: QuietOpt = False,
-        debug: DebugOpt = False,
     ) -> None:
-        def body() -> None:
-            from pathlib import Path
+        from pathlib import Path
 
-            from gm.console import console
-            from gm.errors import UsageError
-            from gm.pipelines.video4d import Video4DRequest, is_sv4d, video4d
+        from gm.console import console
+        from gm.pipelines.video4d import video4d
+        from gm.pipelines.video4d_job import video4d_request
 
-            spec = load_preset(preset, overrides, show_preset)
-            if spec.family != "video4d":
-                raise UsageError(f"preset {spec.name} is not a 4D model (family {spec.family})",
-                                 "use sv4d2, sv4d2-8views or sv4d")
-            if elevation is not None and elevations is not None:
-                raise UsageError("give --elevation or --elevations, not both")
-            d = spec.defaults
-            elevation_list = parse_list(elevations, "--elevations")
-            azimuth_list = parse_list(azimuths, "--azimuths")
-            request = Video4DRequest(
-                source=source,
-                frames=d.frames if frames is None else frames,
-                steps=spec.sampler.steps if steps is None else steps,
-                seed=d.seed if seed is None else seed,
-                size=d.height if img_size is None else img_size,
-                frame_ratio=d.image_frame_ratio if image_frame_ratio is None else image_frame_ratio,
-                elevations=tuple(elevation_list) if elevation_list is not None else
-                (d.elevation_deg if elevation is None else elevation),
-                azimuths=None if azimuth_list is None else tuple(azimuth_list),
-                encoding_t=spec.perf.encoding_t if encoding_t is None else encoding_t,
-                decoding_t=spec.perf.decoding_t if decoding_t is None else decoding_t,
-                remove_bg=remove_bg,
-                pad=pad,
-                sv3d_preset=sv3d_preset if is_sv4d(spec) else "",
-            )
-
-            def runtime_of(p):  # noqa: ANN001, ANN202 - a Preset -> Runtime callback
-                return runtime(p, device, dtype, low_vram, compile_)
-
-            folder = Path(out) if out else Path("outputs") / "video4d" / spec.name
-            for path in video4d(spec, runtime_of, request, folder, checkpoint, sv3d_checkpoint):
-                console.result(path, seed=request.seed, preset=spec.name)
-
-        run(body, quiet=quiet, debug=debug, json_mode=as_json)
+        preset = common.load_preset("video4d", "a 4D model", "use sv4d2, sv4d2-8views or sv4d")
+        elevations_deg, azimuths_deg = camera_options(elevation, elevations, azimuths)
+        request = video4d_request(preset, source, frames=frames, steps=steps, seed=seed, size=img_size,
+                                  frame_ratio=image_frame_ratio, elevations=elevations_deg, azimuths=azimuths_deg,
+                                  encoding_t=encoding_t, decoding_t=decoding_t, remove_bg=remove_bg, pad=pad,
+                                  sv3d=sv3d_preset)
+        folder = Path(out) if out else Path("outputs") / "video4d" / preset.name
+        for path in video4d(preset, common.runtime, request, folder, common.checkpoint, sv3d_checkpoint,
+                            unsafe_pickle=common.unsafe_pickle):
+            console.result(path, seed=request.seed, preset=preset.name)

@@ -1,12 +1,14 @@
-"""Device and precision choices, and the speed settings, in one place (STYLE.md rule 8).
+"""Device and precision choices, and the speed settings, in one place.
 
-Nothing else in gm hard-codes CUDA (the reference does: REFERENCE.md §8 item 5).
+Nothing else in gm hard-codes CUDA (the reference script assumes it everywhere).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +16,52 @@ import torch
 from gm.errors import UsageError
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in which precision a model runs, and its memory policy (decided once per load)."""
+
+    device: torch.device
+    dtype: torch.dtype  # UNet and text/image encoders
+    vae_dtype: torch.dtype
+    low_vram: bool = False
+    compile: bool = False
+
+    @property
+    def home(self) -> torch.device:
+        """Where idle stages wait: the CPU in low-VRAM mode, else the compute device."""
+        return torch.device("cpu") if self.low_vram else self.device
+
+
+def runtime_for(perf: Any, device: str = "auto", dtype: str | None = None,
+                low_vram: bool | None = None, compile: bool | None = None) -> Runtime:
+    """The runtime of a preset's [perf] table (read duck-typed) with the user's choices over it."""
+    perf = getattr(perf, "perf", perf)  # a whole preset works too
+    target = pick_device(device)
+    apply_speed_settings(target)
+    vae = perf.vae_dtype
+    return Runtime(
+        device=target,
+        dtype=pick_dtype(dtype or perf.dtype, target),
+        vae_dtype=pick_dtype(vae, target, gpu_default="fp32") if vae != "auto" else torch.float32,
+        low_vram=perf.low_vram if low_vram is None else low_vram,
+        compile=perf.compile if compile is None else compile,
+    )
+
+
+@contextmanager
+def on_device(module: Any, runtime: Runtime) -> Iterator[None]:
+    """Run a stage on the compute device; in low-VRAM mode move it back afterwards."""
+    if module is None or not runtime.low_vram:
+        yield
+        return
+    module.to(runtime.device)
+    try:
+        yield
+    finally:
+        module.to("cpu")
+        empty_cache(runtime.device)
 
 
 def pick_device(name: str = "auto") -> torch.device:

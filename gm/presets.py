@@ -53,9 +53,10 @@ class DenoiserSpec:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    name: Literal["euler", "heun", "euler_a", "dpmpp_2s_a", "dpmpp_2m", "lms"] = "euler"
+    name: str = "euler"  # a key of gm.diffusion.samplers.SAMPLERS
     steps: int = 50
-    discretization: Literal["legacy_ddpm", "edm"] = "legacy_ddpm"
+    scheduler: str = "normal"  # "normal" = the discretization below; else gm.diffusion.schedules.SCHEDULERS
+    discretization: str = "legacy_ddpm"  # a key of gm.diffusion.schedules.DISCRETIZATIONS
     sigma_min: float = 0.002  # edm only
     sigma_max: float = 80.0  # edm only
     rho: float = 7.0  # edm only
@@ -69,31 +70,68 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class GuiderSpec:
-    kind: Literal["vanilla", "identity", "linear", "triangle", "trapezoid", "spatiotemporal"] = "vanilla"
+    kind: str = "vanilla"  # a key of gm.diffusion.guiders.GUIDERS
     scale: float = 5.0  # CFG scale; the maximum for the per-frame guiders
     min_scale: float = 1.0  # per-frame guiders
     num_views: int = 0  # spatiotemporal guider: views per time step
     additional_keys: tuple[str, ...] = ()  # extra cond keys CFG-concatenated (SV4D: cond_view, cond_motion)
 
 
+# Per-family defaults the commands start from (each has a command-line option or `--set defaults.KEY`);
+# a key the family does not have is an error, in the file and in --set alike.
 @dataclass(frozen=True)
-class Defaults:
-    """Per-model defaults the commands start from (each has a CLI option)."""
-
+class ImageDefaults:
     height: int = 1024
     width: int = 1024
-    frames: int = 1
+    aesthetic_score: float = 6.0  # the refiner's micro-conditioning (c)
+    negative_aesthetic_score: float = 2.5  # ... and uc
+    zero_uc_text: bool = False  # SDXL base: uc zeroes the text embeddings (negative prompt unused)
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class VideoDefaults:
+    height: int = 576
+    width: int = 1024
+    frames: int = 14
     fps_id: int = 6
     motion_bucket_id: int = 127
     cond_aug: float = 0.02
-    aesthetic_score: float = 6.0
-    negative_aesthetic_score: float = 2.5
-    zero_uc_text: bool = False  # SDXL base: uc zeroes the text embeddings (negative prompt unused)
+    seed: int = 23
+
+
+@dataclass(frozen=True)
+class OrbitDefaults:
+    height: int = 576
+    width: int = 576
+    frames: int = 21
+    cond_aug: float = 1e-5
     elevation_deg: float = 10.0
     image_frame_ratio: float = 0.0  # 0 = none
-    views: int = 0  # SV4D: novel views per time step
-    window_frames: int = 0  # SV4D: frames per sampling window
     seed: int = 23
+
+
+@dataclass(frozen=True)
+class Video4DDefaults:
+    mode: Literal["sv4d", "sv4d2"]  # SV4D: SV3D reference views + anchor/dense passes; SV4D 2.0: windows
+    views: int  # novel views per time step
+    window_frames: int  # frames per sampling window
+    height: int = 576
+    width: int = 576
+    frames: int = 21
+    image_frame_ratio: float = 0.9
+    elevation_deg: float = 0.0
+    seed: int = 23
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """Training presets take their settings from [train] / [data]; no generation defaults."""
+
+
+Defaults = ImageDefaults | VideoDefaults | OrbitDefaults | Video4DDefaults | TrainDefaults
+DEFAULTS: dict[str, type] = {"image": ImageDefaults, "video": VideoDefaults, "orbit": OrbitDefaults,
+                             "video4d": Video4DDefaults, "train": TrainDefaults}
 
 
 @dataclass(frozen=True)
@@ -119,7 +157,7 @@ class Preset:
     denoiser: DenoiserSpec = DenoiserSpec()
     sampler: SamplerSpec = SamplerSpec()
     guider: GuiderSpec = GuiderSpec()
-    defaults: Defaults = Defaults()
+    defaults: Defaults = field(default_factory=ImageDefaults, metadata={"internal": True})  # by family
     perf: PerfSpec = PerfSpec()
     train: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
@@ -162,10 +200,32 @@ def find(name_or_path: str) -> Path:
 
 
 def parse(data: dict[str, Any], source: str) -> Preset:
-    preset = dataclasses.replace(from_dict(Preset, data, source), source=source)
+    data = dict(data)
+    defaults = data.pop("defaults", {})
+    preset = from_dict(Preset, data, source)
+    if not isinstance(defaults, dict):
+        raise PresetError(f"{source}: [defaults] is not a table")
+    typed = from_dict(DEFAULTS[preset.family], defaults, f"{source}.defaults")
+    preset = dataclasses.replace(preset, source=source, defaults=typed)
     if not preset.network and preset.family != "train":
         raise PresetError(f"{source}: missing table [network]")
+    check_names(preset)
     return preset
+
+
+def check_names(preset: Preset) -> None:
+    """Sampler, discretization and guider names against the registries that define them (once)."""
+    from gm.diffusion.guiders import GUIDERS
+    from gm.diffusion.recipe import scheduler_names
+    from gm.diffusion.samplers import SAMPLERS
+    from gm.diffusion.schedules import DISCRETIZATIONS
+
+    for table, key, value, registry in (("sampler", "name", preset.sampler.name, SAMPLERS),
+                                        ("sampler", "discretization", preset.sampler.discretization, DISCRETIZATIONS),
+                                        ("sampler", "scheduler", preset.sampler.scheduler, scheduler_names()),
+                                        ("guider", "kind", preset.guider.kind, GUIDERS)):
+        if value not in registry:
+            raise PresetError(f"{preset.source}.{table}.{key}: {value!r} is not one of {', '.join(registry)}")
 
 
 def load(name_or_path: str, overrides: list[str] | tuple[str, ...] = (),

@@ -1,6 +1,6 @@
 """End to end on CPU: `gm txt2img`, `gm refine`, `gm turbo`, `gm txt2img --refiner` with tiny presets and
 tiny random checkpoints -> PNGs whose metadata round-trips, whose watermark reads back, whose seeds
-reproduce, and whose schedules are the reference's (§3.4-§3.6)."""
+reproduce, and whose schedules are the reference's."""
 
 from __future__ import annotations
 
@@ -307,7 +307,7 @@ def _tiny_engine(name: str, folder: Path):
 
 
 def test_sdxl_base_uc_zeroes_text_and_pooled_keeps_sizes_and_encodes_the_prompt_once(checkpoints: Path) -> None:
-    """§3.3: SDXL base uc = c with crossattn AND the pooled vector zeroed, size/crop embeddings identical;
+    """SDXL base uc = c with crossattn AND the pooled vector zeroed, size/crop embeddings identical;
     the text towers run once (on the prompt), not again on a negative prompt that is thrown away."""
     from gm.pipelines.image_cond import TextCondition, _batch, conditioning
 
@@ -335,7 +335,7 @@ def test_sdxl_base_uc_zeroes_text_and_pooled_keeps_sizes_and_encodes_the_prompt_
 
 
 def test_refiner_uc_encodes_the_negative_with_aesthetic_2_5(checkpoints: Path) -> None:
-    """§3.3: the refiner's uc is the encoded negative prompt (not zeros), aesthetic 6.0 in c and 2.5 in uc."""
+    """The refiner's uc is the encoded negative prompt (not zeros), aesthetic 6.0 in c and 2.5 in uc."""
     from gm.nn.embeddings import timestep_embedding
     from gm.pipelines.image_cond import TextCondition, conditioning
 
@@ -389,7 +389,7 @@ def test_cfg_1_runs_one_unet_batch_and_encodes_no_uc(gm, tmp_path: Path, monkeyp
 
 
 def test_strength_below_one_step_warns(gm, tmp_path: Path, sampler_calls: list) -> None:
-    """strength < 1/(N+1) keeps only sigma 0 (REFERENCE §3.4): no step runs, and gm says so."""
+    """strength < 1/(N+1) keeps only sigma 0: no step runs, and gm says so."""
     first = gm("txt2img", "a fox", "-p", SD21, "--steps", "1", "--quiet", "-o", str(tmp_path / "a"))
     r = gm("refine", first.stdout.strip(), "-p", SD21, "--steps", "3", "--strength", "0.2", "-o", str(tmp_path / "b"))
     assert r.exit_code == 0, r.output

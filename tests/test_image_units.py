@@ -7,7 +7,7 @@ import pytest
 from gm import presets
 from gm.errors import UsageError
 from gm.pipelines.image_cond import SDXL_SIZES, aspect_size, check_size, parse_aspect, size_grid
-from gm.pipelines.image_output import a1111_fields, model_hash, parameters_text
+from gm.outputs import a1111_fields, model_hash, parameters_text
 
 
 @pytest.mark.parametrize("text, size", [

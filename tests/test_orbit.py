@@ -1,4 +1,4 @@
-"""`gm orbit` (SV3D): camera arrays (REFERENCE §2.2), object centring, end to end on tiny presets."""
+"""`gm orbit` (SV3D): camera arrays, object centring, end to end on tiny presets."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from commands.app import app
 from gm import presets
 from gm.errors import InputError, UsageError
 from gm.io.media import probe_video, video_tags
-from gm.models.build import load_engine
+from gm.loader import load_engine
 from gm.pipelines import objects
 from gm.pipelines.common import Runtime
 from gm.pipelines.orbit import camera, default_azimuths, run_orbit
@@ -45,7 +45,7 @@ def object_image(size: tuple[int, int] = (120, 80), mode: str = "RGBA") -> Image
     return img.convert(mode)
 
 
-# ---------------------------------------------------------------- camera (§2.2)
+# ---------------------------------------------------------------- camera
 
 
 def test_default_camera_matches_the_reference() -> None:
@@ -214,7 +214,7 @@ def one_line_error(err: str) -> str:
         (["--elevations", "a,b"], "expects numbers"),
         (["--elevation", "5", "--elevations", ",".join(["5"] * 21)], "not both"),
         (["--image-frame-ratio", "2"], "--image-frame-ratio must be in (0, 1]"),
-        (["--preset", "svd"], "not an orbit one"),
+        (["--preset", "svd"], "not an orbit model"),
     ],
 )
 def test_orbit_bad_inputs_exit_2(checkpoints: Path, tmp_path: Path, args: list[str], message: str) -> None:

@@ -74,3 +74,38 @@ def test_keep_loaded_reuses_the_engine_only_when_on(tmp_path: Path) -> None:
         common.keep_loaded(False)
     assert [name for name, _ in console.timings].count(f"load {preset.name}") == 4
     assert common.load(preset, runtime, path) is not first
+
+
+def test_scheduler_names_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'normal' is the preset's discretization; a registry dict name -> fn(n, ...) -> sigmas plugs in."""
+    import torch
+
+    from gm.diffusion import recipe, schedules
+
+    assert torch.equal(sigmas_for(SamplerSpec(steps=10, scheduler="normal")), sigmas_for(SamplerSpec(steps=10)))
+    with pytest.raises(UsageError, match="unknown scheduler 'karras'"):
+        sigmas_for(SamplerSpec(scheduler="karras"))
+
+    def uniform(n: int, sigma_max: float) -> torch.Tensor:  # takes only the settings it names
+        return torch.cat([torch.linspace(sigma_max, 1.0, n), torch.zeros(1)])
+
+    monkeypatch.setattr(schedules, "SCHEDULERS", {"uniform": uniform}, raising=False)
+    assert recipe.scheduler_names() == ("normal", "uniform")
+    sigmas = sigmas_for(SamplerSpec(steps=4, scheduler="uniform", sigma_max=9.0))
+    assert sigmas.tolist() == pytest.approx([9.0, 19 / 3, 11 / 3, 1.0, 0.0])
+
+
+def test_cli_scheduler_and_sampler_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from gm.io.media import read_png_text
+
+    make_checkpoint(presets.load(TINY), tmp_path / "ckpt")
+    monkeypatch.setenv("GM_CHECKPOINTS", str(tmp_path / "ckpt"))
+    bad = CliRunner().invoke(app, ["txt2img", "a cat", "-p", TINY, "--scheduler", "karras", "-o", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown scheduler 'karras'" in bad.output and "normal" in bad.output
+    r = CliRunner().invoke(app, ["txt2img", "a cat", "-p", TINY, "--steps", "1", "--scheduler", "normal",
+                                 "--sampler", "heun", "-q", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    record = json.loads(read_png_text(Path(r.stdout.strip()))["gm"])
+    assert (record["preset"]["sampler"]["scheduler"], record["preset"]["sampler"]["name"]) == ("normal", "heun")

@@ -137,3 +137,22 @@ def test_shipped_presets_parse() -> None:
     for name in presets.available():
         p = presets.load(name)
         assert p.name == name, f"{name}.toml says name = {p.name!r}"
+
+
+def test_defaults_are_typed_per_family() -> None:
+    """Each family has its own [defaults] table: a key another family has is an error, in --set too."""
+    sdxl = presets.load("sdxl-base-1.0")
+    assert type(sdxl.defaults).__name__ == "ImageDefaults" and not hasattr(sdxl.defaults, "views")
+    with pytest.raises(OverrideError, match=r"--set defaults: unknown key 'views' \(valid keys: .*zero_uc_text"):
+        presets.load("sdxl-base-1.0", ["defaults.views=4"])
+    assert presets.load("sv4d2", ["defaults.views=8"]).defaults.views == 8
+    assert (presets.load("sv4d").defaults.mode, presets.load("sv4d2").defaults.mode) == ("sv4d", "sv4d2")
+
+
+def test_names_come_from_the_registries() -> None:
+    from gm.diffusion.samplers import SAMPLERS
+
+    with pytest.raises(OverrideError, match=r"'ddim' is not one of " + ", ".join(SAMPLERS)):
+        presets.load("sd-2.1", ["sampler.name=ddim"])
+    with pytest.raises(OverrideError, match="'cosine' is not one of"):
+        presets.load("sd-2.1", ["guider.kind=cosine"])

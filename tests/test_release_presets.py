@@ -16,7 +16,7 @@ from gm import presets
 from gm.models.build import build_engine, validate
 from tests.conftest import MANIFESTS  # noqa: I001
 
-# preset -> manifest (Turbo models share the base architectures, REFERENCE.md §1.1)
+# preset -> manifest (Turbo models share the base architectures)
 MANIFEST_OF = {
     "sdxl-base-1.0": "sdxl-base", "sdxl-base-0.9": "sdxl-base", "sdxl-turbo": "sdxl-base",
     "sdxl-refiner-1.0": "sdxl-refiner", "sdxl-refiner-0.9": "sdxl-refiner",

@@ -1,4 +1,4 @@
-"""`gm video4d`: camera maths against REFERENCE §2.5/§2.6, window layout, input errors, and end to
+"""`gm video4d`: camera maths against the reference scripts', window layout, input errors, and end to
 end runs of tiny SV4D / SV4D 2.0 presets on small inputs."""
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_sv4d2_end_to_end_frame_folder(tmp_path: Path, checkpoints: Path, monkey
     assert len(read_video(out / "000000_v001.mp4")) == 12
     assert read_video(out / "000000_grid.mp4")[0].size == (192, 128)  # 3 x 2 tiles of 64
     record = json.loads(video_tags(out / "000000_v003.mp4")["comment"])
-    assert record["request"]["seed"] == 7 and record["preset"] == "tiny-sv4d2"
+    assert record["seed"] == 7 and record["preset"]["name"] == "tiny-sv4d2" and record["command"] == "video4d"
     again = gm(args, checkpoints, monkeypatch)  # never overwritten: the next number
     assert again.exit_code == 0 and (out / "000001_v004.mp4").is_file()
 
@@ -179,13 +179,13 @@ def test_sv4d2_windows_cover_every_frame() -> None:
         assert covered == set(range(frames)), frames
 
 
-# ---------------------------------------------------------------- sampling procedure (REFERENCE §2.5-2.6)
+# ---------------------------------------------------------------- sampling procedure
 
 
 def _sampler(checkpoints: Path, name: str, steps: int = 2):
     import torch
 
-    from gm.models.build import load_engine
+    from gm.loader import load_engine
     from gm.pipelines.common import Runtime
     from gm.pipelines.video4d import Sampler4D, Video4DRequest, check_request, is_sv4d
 
@@ -226,22 +226,26 @@ def test_conditioning_c_and_uc(checkpoints: Path, name: str) -> None:
     assert first_c["image_only_indicator"].eq(0).all() and first_c["concat"].abs().sum() > 0
 
 
-def test_euler_step_scales_only_the_first_step() -> None:
+def test_dense_window_runs_the_shared_euler_scaling_only_the_first_step() -> None:
+    """The dense pass is the preset's sampler (gm.diffusion.samplers), not a second Euler: with a
+    constant denoiser its result is the Euler formula, sqrt(1 + sigma_0^2) applied once."""
     import torch
 
     from gm.diffusion.guiders import IdentityGuider
+    from gm.pipelines.common import Runtime
     from gm.pipelines.video4d import Sampler4D
 
-    s = Sampler4D.__new__(Sampler4D)  # only what step() uses
-    s.sigmas_dev = torch.tensor([700.0, 10.0, 0.5, 0.0])
+    s = Sampler4D.__new__(Sampler4D)  # only what sample_window() uses
+    s.t, s.v, s.preset = 2, 1, presets.load(str(PRESETS / "tiny-sv4d.toml"))
+    s.sigmas = torch.tensor([700.0, 10.0, 0.0])
+    s.runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32)
+    s.engine, s.generator = type("E", (), {"network": None})(), torch.Generator()
     s.guider = IdentityGuider()
-    s.denoiser = lambda x, sigma, cond: torch.full_like(x, 0.25)  # D(x, sigma) = 0.25
-    x = torch.ones(2, 1, 1, 1)
-    x0 = s.step(x, 0, {}, {})
+    s.denoiser = lambda x, sigma, cond: torch.full_like(x, cond["d"])  # D(x, sigma) = 0.25 back, 0.75 forward
+    x = s.sample_window(torch.ones(2, 1, 1, 1, 1), ({"d": 0.25}, {"d": 0.25}), ({"d": 0.75}, {"d": 0.75}), "w")
     scaled = (1 + 700.0**2) ** 0.5
-    torch.testing.assert_close(x0, scaled + (10.0 - 700.0) * (scaled - 0.25) / 700.0 * x, rtol=1e-5, atol=0)
-    x1 = s.step(x, 1, {}, {})  # later steps: no sqrt(1 + sigma^2) scaling
-    torch.testing.assert_close(x1, 1 + (0.5 - 10.0) * (1 - 0.25) / 10.0 * x)
+    x1 = scaled + (10.0 - 700.0) * (scaled - 0.25) / 700.0  # step 0 (backward): scaled once
+    torch.testing.assert_close(x, torch.full((2, 1, 1, 1), x1 + (0.0 - 10.0) * (x1 - 0.75) / 10.0), rtol=1e-5, atol=0)
 
 
 class _FakeSV4D:
@@ -278,10 +282,24 @@ class _FakeSV4D:
 
         return torch.full((self.t * self.v, 1, 1, 1), -1.0)  # anchor latents
 
-    def step(self, x, k, c, uc):
-        assert x.device == self.runtime.device  # the window stays on the device between steps
-        if x.device.type != "meta":
-            self.steps.append((k, c, x.view(self.t, self.v)[:, 0].tolist()))
+    def sample_window(self, window, backward, forward, label):
+        """The real per-step alternation around a recording identity denoiser, one call per step."""
+        from gm.pipelines.video4d import Alternating
+
+        assert window.device == self.runtime.device  # the window stays on the device between steps
+        x = window.flatten(0, 1)
+
+        def recorder(c):
+            def denoise(y, sigma):
+                if y.device.type != "meta":
+                    self.steps.append((alternating.step, c, y.view(self.t, self.v)[:, 0].tolist()))
+                return y
+            return denoise
+
+        alternating = Alternating(recorder(backward[0]), recorder(forward[0]), self.t, self.v)
+        for k in range(self.request.steps):
+            x = alternating(x, None)
+            alternating.advance(k)
         return x
 
     def decode(self, z, label="decode"):
@@ -340,7 +358,7 @@ def test_vae_encoder_copies_run_once_when_identical(tmp_path: Path, identical: b
     import torch
     from safetensors.torch import load_file, save_file
 
-    from gm.models.build import load_engine
+    from gm.loader import load_engine
     from gm.pipelines.video4d import share_identical_encoders
 
     preset = presets.load(str(PRESETS / "tiny-sv4d2.toml"))
@@ -370,3 +388,22 @@ def test_vae_encoder_copies_run_once_when_identical(tmp_path: Path, identical: b
     assert sum(p.numel() for p in engine.parameters()) == params - 3 * decoder - dropped * encoder
     for a, b in zip(before, encode()):
         assert torch.equal(a, b)  # the same latents from the one remaining copy
+
+
+def test_sv4d_file_is_checked_before_the_sv3d_stage(tmp_path: Path, checkpoints: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mismatched SV4D file fails from its header, before the SV3D model is even loaded."""
+    import shutil
+
+    from gm.console import console
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    shutil.copy(checkpoints / "tiny_sv3d_u.safetensors", folder)
+    shutil.copy(checkpoints / "tiny_sv4d2.safetensors", folder / "tiny_sv4d.safetensors")  # the wrong model
+    result = gm([str(DATA / "camel_small.gif"), "--preset", str(PRESETS / "tiny-sv4d.toml"), "--sv3d-preset",
+                 str(PRESETS / "tiny-sv3d-u.toml"), "--img-size", "64", "--steps", "1", "--out", str(tmp_path / "o")],
+                folder, monkeypatch)
+    assert result.exit_code == 1 and "preset tiny-sv4d: tiny_sv4d.safetensors" in result.output, result.output
+    assert not any(name.startswith("load") for name, _ in console.timings)
+    assert not (tmp_path / "o").exists()

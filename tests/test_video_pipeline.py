@@ -1,4 +1,4 @@
-"""`gm img2vid` end to end on tiny SVD presets (CPU), the §2.2 conditioning, and bad inputs."""
+"""`gm img2vid` end to end on tiny SVD presets (CPU), the reference's conditioning, and bad inputs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from commands.app import app
 from gm import presets
 from gm.io import watermark
 from gm.io.media import probe_video, video_tags
-from gm.models.build import load_engine
+from gm.loader import load_engine
 from gm.pipelines.common import Runtime
 from gm.pipelines.video import (
     VideoRequest,
@@ -62,7 +62,7 @@ def img2vid(checkpoints: Path, out: Path, *extra: str, preset: str = "tiny-svd",
               "--device", "cpu", "--out", str(out), *extra)
 
 
-# ---------------------------------------------------------------- conditioning (REFERENCE §2.2)
+# ---------------------------------------------------------------- conditioning
 
 
 def test_conditioning_follows_the_reference(engine) -> None:

@@ -254,3 +254,25 @@ def guided(
         return guider.combine(denoiser(x2, sigma2, cond2), sigma)
 
     return denoise
+
+
+def from_spec(spec, frames: int = 1, scale: float | None = None, extra_keys: tuple[str, ...] = ()):
+    """A guider from a preset's [guider] table (read duck-typed); `scale` overrides the maximum (--cfg)
+    and `extra_keys` adds conditioning keys that double with the batch (the video indicator)."""
+    top = spec.scale if scale is None else scale
+    keys = (*spec.additional_keys, *extra_keys)
+    if spec.kind not in GUIDERS:
+        raise UsageError(f"unknown guider {spec.kind!r}", f"use one of {', '.join(GUIDERS)}")
+    if spec.kind == "identity":
+        return IdentityGuider()
+    if spec.kind == "vanilla":
+        return VanillaCFG(scale=top, additional_cond_keys=keys)
+    if spec.kind == "spatiotemporal":
+        return SpatiotemporalPredictionGuider(max_scale=top, num_frames=frames, num_views=spec.num_views,
+                                              min_scale=spec.min_scale, additional_cond_keys=keys)
+    return GUIDERS[spec.kind](max_scale=top, num_frames=frames, min_scale=spec.min_scale, additional_cond_keys=keys)
+
+
+def uses_uncond(guider) -> bool:
+    """False where the unconditional branch is never evaluated (identity, CFG at scale 1)."""
+    return not (isinstance(guider, IdentityGuider) or (isinstance(guider, VanillaCFG) and guider.scale == 1.0))

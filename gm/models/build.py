@@ -5,22 +5,30 @@ from the small dicts below (`arch = "unet"`, `kind = "openclip_text"`), and its 
 against that kind's frozen config dataclass. The `Engine` module tree mirrors sgm's
 `DiffusionEngine`, so its `state_dict()` keys are the released files' keys
 (`model.diffusion_model.*`, `first_stage_model.*`, `conditioner.embedders.N.*`) and loading is a
-strict `load_state_dict`.
+strict `load_state_dict` (done by gm.loader, which also checks a file against a preset).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from gm.config import from_dict
 from gm.errors import PresetError
-from gm.presets import Preset
+
+
+class Preset(Protocol):
+    """What the builders read of a preset: its architecture tables and where they came from (for
+    error messages). Any object with these attributes works; this layer reads no files."""
+
+    source: str
+    network: dict[str, Any]
+    vae: dict[str, Any] | None
+    conditioner: tuple[dict[str, Any], ...]
 
 
 def _unet() -> tuple[type, type]:
@@ -172,52 +180,3 @@ def precision_map(dtype: torch.dtype, vae_dtype: torch.dtype) -> Callable[[str],
         return vae_dtype if _AUTOENCODER_KEY.match(key) else dtype
 
     return dtype_for
-
-
-def _meta_engine(preset: Preset, checkpoint: str | Path | None) -> tuple[Path, Engine]:
-    from gm.checkpoint import find_checkpoint
-
-    path = find_checkpoint(preset, checkpoint)
-    with torch.device("meta"):
-        return path, build_engine(preset)
-
-
-def check_engine_file(preset: Preset, checkpoint: str | Path | None = None, unsafe_pickle: bool = False) -> Path:
-    """Find `preset`'s checkpoint and match its tensor names and shapes with the model from the
-    safetensors header alone (nothing is read or built for real): a stage that runs later, such as
-    the refiner, fails before minutes of work instead of after. Pickle files are only found."""
-    from gm.checkpoint import PICKLE_SUFFIXES, matched_keys, read_header
-
-    path, engine = _meta_engine(preset, checkpoint)
-    if not (unsafe_pickle and path.suffix in PICKLE_SUFFIXES):
-        assert preset.checkpoint is not None
-        matched_keys(engine, read_header(path), layout=preset.checkpoint.layout,
-                     optional=preset.checkpoint.optional, label=f"preset {preset.name}: {path.name}")
-    return path
-
-
-def load_engine(
-    preset: Preset,
-    checkpoint: str | Path | None = None,
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    vae_dtype: torch.dtype = torch.float32,
-    unsafe_pickle: bool = False,
-) -> Engine:
-    """Build `preset` on the meta device and strictly load its checkpoint onto `device`."""
-    from gm.checkpoint import load_into
-
-    path, engine = _meta_engine(preset, checkpoint)
-    assert preset.checkpoint is not None
-    load_into(
-        engine,
-        path,
-        layout=preset.checkpoint.layout,
-        optional=preset.checkpoint.optional,
-        device=device,
-        dtype_for=precision_map(dtype, vae_dtype),
-        label=f"preset {preset.name}",
-        unsafe_pickle=unsafe_pickle,
-    )
-    return engine.eval().requires_grad_(False)

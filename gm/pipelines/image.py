@@ -1,4 +1,4 @@
-"""Text-to-image, image-to-image, the base -> refiner hand-off and Turbo (REFERENCE §3).
+"""Text-to-image, image-to-image, the base -> refiner hand-off and Turbo.
 
 Mirrors `sgm/inference/api.py` (`text_to_image`, `image_to_image`), the streamlit demo's img2img
 and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/demo/turbo.py`:
@@ -6,8 +6,8 @@ and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/
 * txt2img: unit noise from a CPU generator seeded with seed + k (image k of -n N), scaled by
   sqrt(1 + sigma_0^2) inside the sampler; CFG runs as one [uc; c] batch.
 * img2img (--init-image, gm refine): VAE encode with a posterior *sample* (as AutoencoderKL does),
-  schedule pruned by `img2img_sigmas(strength)`, start z + sigma_0 * eps (§3.4).
-* refiner hand-off (§3.5): the base stops at the non-zero sigma_asc[p] of `txt2noisy_sigmas`; the
+  schedule pruned by `img2img_sigmas(strength)`, start z + sigma_0 * eps
+* refiner hand-off: the base stops at the non-zero sigma_asc[p] of `txt2noisy_sigmas`; the
   refiner continues from exactly that sigma with `img2img_sigmas` and no fresh noise. Both use the
   same N so the two schedules meet. `finish=False`: the base runs to 0 and the refiner SDEdits the
   clean latent with fresh noise.
@@ -19,11 +19,7 @@ and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -36,9 +32,13 @@ from gm.diffusion.samplers import NoiseFn
 from gm.diffusion.schedules import img2img_sigmas, start_scale, turbo_sigmas, txt2noisy_sigmas
 from gm.errors import UsageError
 from gm.io.files import ensure_dir
-from gm.models.build import Engine, check_engine_file
+from gm.loader import check_file
+from gm.model import geometry
+from gm.models.build import Engine
+from gm.outputs import ImageResult, a1111_fields, image_results, run_record
 from gm.pipelines.common import (
     Runtime,
+    decode,
     denoiser_for,
     guided_denoise,
     guider_for,
@@ -59,54 +59,8 @@ from gm.pipelines.image_cond import (
     zeroes_uc_text,
 )
 from gm.pipelines.image_input import load_image, native_size
-from gm.pipelines.image_output import ImageResult, a1111_fields, write_images
+from gm.pipelines.image_job import ImageJob, RefinerPlan, check_strength
 from gm.presets import Preset
-
-LATENT_CHANNELS = 4  # every SD / SDXL autoencoder: 4 channels, factor 8
-FACTOR = 8
-
-
-@dataclass(frozen=True)
-class RefinerPlan:
-    """`gm txt2img --refiner`: which refiner, how much of the schedule it runs, and how."""
-
-    preset: Preset
-    strength: float = 0.15
-    finish: bool = True  # hand over the still-noisy latent (demo default); False = SDEdit the clean one
-    checkpoint: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    """One invocation of txt2img / refine / turbo, after option parsing."""
-
-    command: Literal["txt2img", "refine", "turbo"]
-    prompt: str
-    negative: str
-    seed: int
-    count: int
-    out_dir: Path
-    width: int | None = None  # None: the preset's (txt2img) or the input image's (img2img)
-    height: int | None = None
-    aspect: str | None = None
-    init_images: tuple[Path, ...] = ()
-    strength: float = 1.0  # img2img; 1.0 = the whole schedule
-    refiner: RefinerPlan | None = None
-    checkpoint: str | None = None
-    unsafe_pickle: bool = False
-
-
-def effective_preset(preset: Preset, steps: int | None, sampler: str | None, cfg: float | None) -> Preset:
-    """The preset with the command-line choices written in (that is what outputs record)."""
-    if steps is not None:
-        preset = presets.replace(preset, "sampler", steps=steps)
-    if sampler is not None:
-        preset = presets.replace(preset, "sampler", name=sampler)
-    if cfg is not None:
-        if not math.isfinite(cfg):
-            raise UsageError(f"--cfg must be a finite number, got {cfg}", "e.g. --cfg 7")
-        preset = presets.replace(preset, "guider", scale=cfg)
-    return preset
 
 
 def _uses_uc(guider: object) -> bool:
@@ -118,19 +72,14 @@ def _cfg_label(preset: Preset) -> float:
 
 
 def _renoise(z: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator, runtime: Runtime) -> torch.Tensor:
-    """Unit-scale start for the sampler so that it begins at z + sigma_0 * eps (§3.4 step 4)."""
+    """Unit-scale start for the sampler so that it begins at z + sigma_0 * eps."""
     eps = noise_like(tuple(z.shape), generator, runtime)
     return (z + sigmas[0].item() * eps) / start_scale(sigmas).item()
 
 
-def check_strength(value: float, option: str) -> None:
-    if not 0.0 < value <= 1.0:
-        raise UsageError(f"{option} must be in (0, 1], got {value}", f"e.g. {option} 0.5")
-
-
 def _img2img(full: torch.Tensor, strength: float, option: str) -> torch.Tensor:
     """`img2img_sigmas`, with a warning when the strength keeps no step (the reference then just
-    round-trips the image through the VAE, §3.4)."""
+    round-trips the image through the VAE)."""
     sigmas = img2img_sigmas(full, strength)
     if len(sigmas) == 1:
         console.warn(f"{option} {strength} keeps no step of the {len(full) - 1}-step schedule, so the image only "
@@ -148,7 +97,8 @@ def _check_common(preset: Preset, job: ImageJob) -> None:
         turbo_sigmas(preset.sampler.steps)  # 1..4 or a UsageError
     else:
         sigmas_for(preset.sampler)  # steps in range or a UsageError
-    ensure_dir(job.out_dir)
+    if job.out_dir is not None:
+        ensure_dir(job.out_dir)
 
 
 def _negative_for(engine: Engine, preset: Preset, job: ImageJob) -> str:
@@ -195,9 +145,23 @@ def _denoise_for(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCon
     return guided_denoise(denoiser_for(engine, preset, runtime), guider, cond, uc)
 
 
-def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageResult]:
+def _engine(model, preset: Preset, runtime: Runtime, job: ImageJob) -> Engine:
+    """The given Model's engine (Python API, loaded once), else the preset's, loaded now."""
+    if model is None:
+        return load(preset, runtime, job.checkpoint, job.unsafe_pickle)
+    return model.engine
+
+
+def _decode_all(engine: Engine, runtime: Runtime, latents: list[torch.Tensor]) -> torch.Tensor:
+    """One image per VAE call: a batched convolution may round differently, and image k must come
+    out bit-identical when re-made alone from its recorded seed (it also bounds fp32 VAE memory)."""
+    return torch.cat([decode(engine, z, runtime, chunk=1) for z in latents])
+
+
+def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iterator[ImageResult]:
     """`gm txt2img` / `gm turbo`: N images (seeds seed..seed+N-1), optionally from an init image
-    and through a refiner; yields each written PNG."""
+    and through a refiner; yields each finished (and, with an out_dir, written) PNG. `model`: an
+    already loaded Model of `preset` (else it is loaded after every check has passed)."""
     if job.command == "turbo":
         preset = presets.replace(preset, "guider", kind="identity")
     _check_common(preset, job)
@@ -239,8 +203,8 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
                              f"at {float(sigmas[-1]):.4f}",
                              "give the base and the refiner the same discretization (--set sampler.discretization=...)")
     if refiner is not None:  # a missing or mismatched refiner file fails before the base samples, not after
-        check_engine_file(refiner.preset, refiner.checkpoint, job.unsafe_pickle)
-    engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
+        check_file(refiner.preset, refiner.checkpoint, job.unsafe_pickle)
+    engine = _engine(model, preset, runtime, job)
     negative = _negative_for(engine, preset, job)
     spec = TextCondition(job.prompt, negative, height, width,
                          preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
@@ -251,19 +215,19 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
         moments = posterior(engine, init, runtime)  # one VAE encode; image k draws its own posterior sample
         starts = (_renoise(posterior_latent(engine, moments, runtime, g), sigmas, g, runtime) for g in generators)
     elif job.command == "turbo":
-        shape = (1, LATENT_CHANNELS, height // FACTOR, width // FACTOR)
+        shape = geometry(preset).shape(height, width)
         seeds = [job.seed + k for k in range(job.count)]
         if seeds[-1] + 1 + len(sigmas) >= 2**32:
             raise UsageError(f"turbo seeds must stay below 2**32 (numpy's RandomState), got {job.seed}", "use a smaller --seed")
         starts = (numpy_noise(s, shape, runtime.device) for s in seeds)
         noise_fns = [turbo_noise_fn(s, shape, runtime.device) for s in seeds]
     else:
-        shape = (1, LATENT_CHANNELS, height // FACTOR, width // FACTOR)
+        shape = geometry(preset).shape(height, width)
         starts = (noise_like(shape, g, runtime) for g in generators)
     latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample", noise_fns)
     fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))
-    record: dict[str, object] = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative,
-                                 "width": width, "height": height, "preset": preset.to_dict()}
+    record = run_record(job.command, preset, job.seed, prompt=job.prompt, negative_prompt=negative, width=width,
+                        height=height)
     if job.negative != negative:
         record["negative_prompt_ignored"] = job.negative
     if init is not None:
@@ -277,13 +241,14 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRe
         fields["Refiner switch at"] = round((len(sigmas) - 1) / max(len(full) - 1, 1), 4)
         record["refiner"] = {"preset": refiner.preset.to_dict(), "strength": refiner.strength,
                              "finish": refiner.finish}
-    yield from write_images(engine, runtime, job.out_dir, job.prompt, latents, fields, record, job.seed)
+    images = _decode_all(engine, runtime, latents)
+    yield from image_results(images, job.out_dir, job.prompt, fields, record, job.seed)
 
 
 def refine_latents(refiner: RefinerPlan, runtime: Runtime, job: ImageJob, latents: list[torch.Tensor],
                    generators: list[torch.Generator], base: TextCondition,
                    sigmas: torch.Tensor) -> tuple[Engine, list[torch.Tensor]]:
-    """Second stage of §3.5 on each base latent along the refiner's `sigmas` (its img2img schedule);
+    """Second stage of the hand-off on each base latent along the refiner's `sigmas` (its img2img schedule);
     returns the refiner engine (its VAE decodes)."""
     r = refiner.preset
     engine = load(r, runtime, refiner.checkpoint, job.unsafe_pickle)
@@ -299,12 +264,12 @@ def refine_latents(refiner: RefinerPlan, runtime: Runtime, job: ImageJob, latent
     return engine, _sample_all(r, runtime, engine, denoise, starts, sigmas, generators, "refine")
 
 
-def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageResult]:
+def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iterator[ImageResult]:
     """`gm refine`: img2img of existing images (each at its own size floored to 64, seed + i)."""
     _check_common(preset, job)
     check_strength(job.strength, "--strength")
     sizes = [native_size(p) for p in job.init_images]  # reads every input first: bad files fail early
-    engine = load(preset, runtime, job.checkpoint, job.unsafe_pickle)
+    engine = _engine(model, preset, runtime, job)
     negative = _negative_for(engine, preset, job)
     sigmas = _img2img(sigmas_for(preset.sampler), job.strength, "--strength")
     denoisers: dict[tuple[int, int], object] = {}
@@ -321,7 +286,7 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob) -> Iterator[ImageRes
                                 f"refine {i + 1}/{len(job.init_images)}")
         fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset))
         fields["Denoising strength"] = job.strength
-        record = {"command": job.command, "prompt": job.prompt, "negative_prompt": negative, "width": width,
-                  "height": height, "init_image": str(path), "strength": job.strength,
-                  "preset": preset.to_dict()}
-        yield from write_images(engine, runtime, job.out_dir, job.prompt, [latent], fields, record, job.seed + i)
+        record = run_record(job.command, preset, job.seed + i, prompt=job.prompt, negative_prompt=negative,
+                            width=width, height=height, init_image=str(path), strength=job.strength)
+        yield from image_results(_decode_all(engine, runtime, [latent]), job.out_dir, job.prompt, fields, record,
+                                 job.seed + i)

@@ -1,4 +1,4 @@
-"""Image sizes and text/size conditioning for SDXL, SD 2.x and Turbo (REFERENCE §1.3, §3.1-§3.3).
+"""Image sizes and text/size conditioning for SDXL, SD 2.x and Turbo.
 
 Mirrors what `sgm/inference/helpers.py` (`get_batch`, `get_unconditional_conditioning`) and the
 streamlit demo feed the `GeneralConditioner`: the prompt under `txt`, SDXL's micro-conditioning
@@ -62,10 +62,10 @@ def aspect_size(text: str, default_width: int, default_height: int) -> tuple[int
 
 
 def size_grid(preset: Preset) -> int:
-    """Pixels must be multiples of this: the VAE factor 8 times the UNet's 2^(levels-1) downsampling
-    (SDXL base 32, SD 2.1 and the refiner 64); other sizes cannot pass the skip connections."""
-    levels = len(preset.network.get("channel_mult", (1, 2, 4, 8)))
-    return 8 * 2 ** (levels - 1)
+    """Pixels must be multiples of this (gm.model.Geometry.grid)."""
+    from gm.model import geometry
+
+    return geometry(preset).grid
 
 
 def check_size(width: int, height: int, grid: int = 8) -> None:

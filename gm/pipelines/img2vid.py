@@ -1,55 +1,32 @@
 """`gm img2vid`'s job: for each input image, fit it to the model size, animate it, write the clip.
 
-The loop of `scripts/sampling/simple_video_sample.py` for the SVD versions (REFERENCE §2.1-2.2),
+The loop of `scripts/sampling/simple_video_sample.py` for the SVD versions,
 with the reference's rough edges fixed: any input size works (resized to cover the model size and
-centre-cropped, said on stderr, instead of the crashing floor-to-64 path, §8 item 11), RGBA is
-composited on white instead of losing its alpha, svd-xt-1.1 is accepted (§8 item 13), and each
+centre-cropped, said on stderr, instead of the crashing floor-to-64 path), RGBA is
+composited on white instead of losing its alpha, svd-xt-1.1 is accepted, and each
 input gets its own seed (seed + index) recorded in the file, so any one clip can be re-made alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
 
 from gm.console import console
-from gm.errors import InputError
-from gm.io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_image
 from gm.models.build import Engine
+from gm.outputs import OutputSpec, run_record
 from gm.pipelines.common import Runtime, load
-from gm.pipelines.video import VideoRequest, animate, check_size, fit_image
-from gm.pipelines.video_output import OutputSpec, finish_frames, save_clip
+from gm.pipelines.video import (
+    ClipResult,
+    VideoRequest,
+    animate,
+    check_size,
+    finish_clip,
+    fit_image,
+    open_input,
+)
 from gm.presets import Preset
-
-
-@dataclass(frozen=True)
-class ClipResult:
-    path: Path
-    record: dict[str, Any]
-
-
-def _json_safe(value: Any) -> Any:
-    """inf/nan as strings, so the record is strict JSON (s_tmax is inf in the video presets)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def preset_record(preset: Preset) -> dict[str, Any]:
-    """The sampling-relevant tables of the effective preset (the architecture is the checkpoint's)."""
-    data = preset.to_dict()
-    tables = {k: data[k] for k in ("denoiser", "sampler", "guider", "defaults") if k in data}
-    return {"name": preset.name, "source": preset.source, **_json_safe(tables)}
 
 
 def warn_unusual(request: VideoRequest) -> None:
@@ -58,24 +35,6 @@ def warn_unusual(request: VideoRequest) -> None:
         console.warn(f"fps-id {request.fps_id} is outside the trained range 5..30; results may be poor")
     if request.motion_bucket_id > 255:
         console.warn(f"motion-bucket-id {request.motion_bucket_id} is above the trained range 0..255")
-
-
-def open_input(path: Path) -> Any:
-    """The image at `path`; videos (animated gifs included) and other files are one-line InputErrors."""
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_SUFFIXES and suffix != ".gif":
-        raise InputError(f"{path}: is a video, not an image", "pass a .png/.jpg image; gm video4d takes videos")
-    if suffix not in IMAGE_SUFFIXES and suffix != ".gif":
-        raise InputError(f"{path}: not an image file ({suffix or 'no suffix'})",
-                         f"pass one of {', '.join(IMAGE_SUFFIXES)}")
-    image = open_image(path)
-    if suffix == ".gif":
-        with Image.open(path) as gif:
-            frames = getattr(gif, "n_frames", 1)
-        if frames > 1:
-            raise InputError(f"{path}: is an animated gif ({frames} frames), not an image",
-                             "pass one frame as a .png/.jpg image; gm video4d takes videos")
-    return image
 
 
 def run_img2vid(
@@ -100,19 +59,7 @@ def run_img2vid(
             console.log(f"{path}: {image.width}x{image.height} resized to cover {width}x{height} and centre-cropped")
         req = dataclasses.replace(request, seed=request.seed + index)
         frames = animate(engine, preset, runtime, fitted, req)
-        record = {
-            "command": "img2vid",
-            "input": str(path),
-            "preset": preset_record(preset),
-            "seed": req.seed,
-            "steps": req.steps,
-            "frames": req.frames,
-            "fps_id": req.fps_id,
-            "motion_bucket_id": req.motion_bucket_id,
-            "cond_aug": req.cond_aug,
-            "decoding_t": req.decoding_t,
-            "fps": output.fps,
-            "size": [height, width],
-        }
-        clip = save_clip(finish_frames(frames), fitted, output, record)
-        yield ClipResult(clip, record)
+        record = run_record("img2vid", preset, req.seed, input=str(path), steps=req.steps, frames=req.frames,
+                            fps_id=req.fps_id, motion_bucket_id=req.motion_bucket_id, cond_aug=req.cond_aug,
+                            decoding_t=req.decoding_t, fps=output.fps, size=[height, width])
+        yield finish_clip(frames, fitted, output, record)

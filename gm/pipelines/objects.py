@@ -1,7 +1,7 @@
 """Object views for SV3D / SV4D: background removal, centring on a square canvas, white compositing.
 
-Mirrors the SV3D input preparation of `scripts/sampling/simple_video_sample.py` (REFERENCE §2.2,
-"Input preparation, SV3D path") and is reused by the 4D pipeline for its frames:
+Mirrors the SV3D input preparation of `scripts/sampling/simple_video_sample.py` (its SV3D input
+path) and is reused by the 4D pipeline for its frames:
 
 1. a non-RGBA image is shrunk to at most 768x768 (LANCZOS `thumbnail`) and its background removed
    with rembg (`alpha_matting=True`); RGBA images keep their own alpha;
@@ -11,7 +11,7 @@ Mirrors the SV3D input preparation of `scripts/sampling/simple_video_sample.py` 
 4. the canvas is resized to size x size (LANCZOS) and composited on white: rgb * a + (1 - a),
    truncated to uint8.
 
-Fixed here (§8 item 15): the reference calls the row count "w" and the column count "h", so a
+Fixed here: the reference calls the row count "w" and the column count "h", so a
 non-square input is cropped or fails to broadcast. Here rows are rows, and without a ratio the
 canvas side is the image's LONGER side, so every object fits (for square inputs this is the
 reference's value).

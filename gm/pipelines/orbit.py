@@ -1,14 +1,14 @@
 """SV3D_u / SV3D_p: a 21-view orbit around the object in one image.
 
-Mirrors the SV3D branches of `scripts/sampling/simple_video_sample.py` (REFERENCE §2.1-2.2):
+Mirrors the SV3D branches of `scripts/sampling/simple_video_sample.py`:
 the object view is prepared by gm.pipelines.objects (background removal, centring, white,
 576x576 LANCZOS), cond_aug is 1e-5, the guider is the triangle ramp, and after decoding the
 LAST frame is replaced by the input view itself (the last orbit position is the input's azimuth).
 
 Camera (SV3D_p): polars = deg2rad(90 - elevation) per frame; azimuths default to
 linspace(0, 360, 22)[1:] mod 360 (17.14, 34.29, ..., 342.86, 0) and are fed relative to the last
-entry: deg2rad((a_i - a_last) mod 360). The reference's "sort" of that list is a no-op (§8 item
-12) and is not reproduced.
+entry: deg2rad((a_i - a_last) mod 360). The reference's "sort" of that list is a no-op and is not
+reproduced.
 
 `run_orbit` is the engine function (also used by the 4D pipeline for its reference views): it
 returns frames as a tensor; `orbit_files` is the command's loop that writes them.
@@ -27,11 +27,10 @@ from PIL import Image
 from gm.console import console
 from gm.errors import UsageError
 from gm.models.build import Engine
+from gm.outputs import OutputSpec, run_record
 from gm.pipelines.common import Runtime, load
-from gm.pipelines.img2vid import ClipResult, open_input, preset_record
 from gm.pipelines.objects import Segmenter, prepare_object
-from gm.pipelines.video import VideoRequest, image_tensor, sample_clip
-from gm.pipelines.video_output import OutputSpec, finish_frames, save_clip
+from gm.pipelines.video import ClipResult, VideoRequest, finish_clip, image_tensor, open_input, sample_clip
 from gm.presets import Preset
 
 
@@ -83,13 +82,14 @@ def uses_camera(preset: Preset) -> bool:
     return any(t.get("input") in ("polars_rad", "azimuths_rad") for t in preset.conditioner)
 
 
-def run_orbit(engine: Engine, preset: Preset, runtime: Runtime, view: Image.Image, request: VideoRequest,
+def run_orbit(engine: Engine, preset: Preset, runtime: Runtime, view: Image.Image | torch.Tensor, request: VideoRequest,
               elevations_deg: float | Sequence[float] | None = None,
               azimuths_deg: Sequence[float] | None = None) -> torch.Tensor:
-    """A prepared RGB view (model size, object on white) -> orbit frames (T, 3, H, W) in [0, 1],
-    the last one being the view itself. The camera is used only by SV3D_p presets."""
+    """A prepared RGB view (model size, object on white; PIL, or a (1, 3, H, W) tensor in [-1, 1]) ->
+    orbit frames (T, 3, H, W) in [0, 1], the last one being the view itself. The camera is used only
+    by SV3D_p presets."""
     t = request.frames
-    image = image_tensor(view)
+    image = view if isinstance(view, torch.Tensor) else image_tensor(view)
     scalars: dict[str, torch.Tensor] = {"cond_aug": torch.tensor(request.cond_aug)}
     if uses_camera(preset):
         elevation = preset.defaults.elevation_deg if elevations_deg is None else elevations_deg
@@ -134,21 +134,11 @@ def orbit_files(
         view = prepare_object(image, size, frame_ratio, remove_bg, segment)
         req = dataclasses.replace(request, seed=request.seed + index)
         frames = run_orbit(engine, preset, runtime, view, req, elevations_deg, azimuths_deg)
-        record = {
-            "command": "orbit",
-            "input": str(path),
-            "preset": preset_record(preset),
-            "seed": req.seed,
-            "steps": req.steps,
-            "frames": req.frames,
-            "cond_aug": req.cond_aug,
-            "decoding_t": req.decoding_t,
-            "fps": output.fps,
-            "image_frame_ratio": frame_ratio,
-        }
+        record = run_record("orbit", preset, req.seed, input=str(path), steps=req.steps, frames=req.frames,
+                            cond_aug=req.cond_aug, decoding_t=req.decoding_t, fps=output.fps,
+                            image_frame_ratio=frame_ratio)
         if camera_on:
             record["elevations_deg"] = [round(90.0 - float(np.rad2deg(p)), 6) for p in polars]
             record["azimuths_deg"] = [float(a) for a in (default_azimuths(req.frames) if azimuths_deg is None
                                                          else azimuths_deg)]
-        clip = save_clip(finish_frames(frames), view, output, record)
-        yield ClipResult(clip, record)
+        yield finish_clip(frames, view, output, record)

@@ -1,6 +1,6 @@
 """Image -> video sampling of SVD / SVD-XT (and the shared core that SV3D's orbit runs on).
 
-Mirrors `scripts/sampling/simple_video_sample.py` (REFERENCE §2.2, "Sampling"):
+Mirrors `scripts/sampling/simple_video_sample.py`:
 
 1. values: `cond_frames_without_noise` = the image in [-1, 1]; `cond_frames` = image + cond_aug * eps;
    the scalars (fps_id, motion_bucket_id, cond_aug; SV3D_p: polars_rad, azimuths_rad) one per frame;
@@ -15,13 +15,15 @@ Mirrors `scripts/sampling/simple_video_sample.py` (REFERENCE §2.2, "Sampling"):
    number of frames.
 
 Engine functions return frames as float tensors (T, 3, H, W) in [0, 1]; writing files is
-gm.pipelines.video_output's job.
+gm.outputs' job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +31,11 @@ from PIL import Image
 
 from gm import device as dev
 from gm.console import console
-from gm.errors import PresetError, UsageError
-from gm.io.media import to_rgb
+from gm.errors import InputError, PresetError, UsageError
+from gm.io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_image, to_rgb
+from gm.model import geometry
 from gm.models.build import Engine
+from gm.outputs import OutputSpec, finish_frames, save_clip
 from gm.pipelines.common import (
     Runtime,
     decode,
@@ -79,8 +83,8 @@ def request_from_preset(preset: Preset, frames: int | None = None, steps: int | 
         seed=d.seed if seed is None else seed,
         cond_aug=d.cond_aug if cond_aug is None else cond_aug,
         decoding_t=preset.perf.decoding_t if decoding_t is None else decoding_t,
-        fps_id=d.fps_id if fps_id is None else fps_id,
-        motion_bucket_id=d.motion_bucket_id if motion_bucket_id is None else motion_bucket_id,
+        fps_id=getattr(d, "fps_id", 6) if fps_id is None else fps_id,  # orbit presets have none (unused)
+        motion_bucket_id=getattr(d, "motion_bucket_id", 127) if motion_bucket_id is None else motion_bucket_id,
     )
     if req.frames < 1:
         raise UsageError(f"--frames must be at least 1, got {req.frames}", f"{preset.name} was trained on {d.frames}")
@@ -95,15 +99,8 @@ def request_from_preset(preset: Preset, frames: int | None = None, steps: int | 
     return req
 
 
-def size_multiple(preset: Preset) -> int:
-    """Image sides must be multiples of this: VAE factor x the UNet's downsampling (64 for SVD)."""
-    vae_levels = len((preset.vae or {}).get("ch_mult", (1, 2, 4, 4)))
-    unet_levels = len(preset.network.get("channel_mult", (1, 2, 4, 4)))
-    return 2 ** (vae_levels - 1) * 2 ** (unet_levels - 1)
-
-
 def check_size(preset: Preset, height: int, width: int) -> None:
-    m = size_multiple(preset)
+    m = geometry(preset).grid
     if height <= 0 or width <= 0 or height % m or width % m:
         raise UsageError(f"size {height}x{width} is not a multiple of {m}",
                          f"set --set defaults.height=... / defaults.width=... to multiples of {m}")
@@ -196,9 +193,7 @@ def sample_clip(engine: Engine, preset: Preset, runtime: Runtime, image: torch.T
     c, uc = {**c, **extra}, {**uc, **extra}
     spec = dataclasses.replace(preset.guider, additional_keys=(*preset.guider.additional_keys, "image_only_indicator"))
     guider = guider_for(spec, frames=t)
-    factor = 2 ** (len((preset.vae or {}).get("ch_mult", (1, 2, 4, 4))) - 1)
-    channels = int(preset.network.get("out_channels", 4))
-    noise = torch.randn((t, channels, height // factor, width // factor), generator=generator, dtype=torch.float32)
+    noise = torch.randn(geometry(preset).shape(height, width, t), generator=generator, dtype=torch.float32)
     denoiser = denoiser_for(engine, preset, runtime)
     with on_device(engine.network, runtime), torch.inference_mode():
         z = run_sampler(preset.sampler, guided_denoise(denoiser, guider, c, uc), noise.to(runtime.device),
@@ -219,3 +214,37 @@ def animate(engine: Engine, preset: Preset, runtime: Runtime, image: Image.Image
         "cond_aug": torch.tensor(request.cond_aug),
     }
     return sample_clip(engine, preset, runtime, image_tensor(image), scalars, request)
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """One finished clip: where it was written (None: not written) and its watermarked frames."""
+
+    path: Path | None
+    record: dict[str, Any]
+    pixels: Any = None  # (T, H, W, 3) uint8
+
+
+def finish_clip(frames: Any, still: Image.Image, output: OutputSpec, record: dict[str, Any]) -> ClipResult:
+    """Watermark the frames and, when the output has a folder, write the clip and its still."""
+    pixels = finish_frames(frames)
+    path = save_clip(pixels, still, output, record) if output.out_dir is not None else None
+    return ClipResult(path, record, pixels)
+
+
+def open_input(path: Path) -> Any:
+    """The image at `path`; videos (animated gifs included) and other files are one-line InputErrors."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES and suffix != ".gif":
+        raise InputError(f"{path}: is a video, not an image", "pass a .png/.jpg image; gm video4d takes videos")
+    if suffix not in IMAGE_SUFFIXES and suffix != ".gif":
+        raise InputError(f"{path}: not an image file ({suffix or 'no suffix'})",
+                         f"pass one of {', '.join(IMAGE_SUFFIXES)}")
+    image = open_image(path)
+    if suffix == ".gif":
+        with Image.open(path) as gif:
+            frames = getattr(gif, "n_frames", 1)
+        if frames > 1:
+            raise InputError(f"{path}: is an animated gif ({frames} frames), not an image",
+                             "pass one frame as a .png/.jpg image; gm video4d takes videos")
+    return image

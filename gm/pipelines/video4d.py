@@ -1,6 +1,5 @@
 """`gm video4d`: novel-view videos of a moving object with SV4D and SV4D 2.0 (reference
-`scripts/sampling/simple_video_sample_4d.py`, `simple_video_sample_4d2.py`, `sv4d_helpers.py`;
-REFERENCE §2.3-2.6).
+`scripts/sampling/simple_video_sample_4d.py`, `simple_video_sample_4d2.py`, `sv4d_helpers.py`).
 
 The image grid `img[t][v]` (frames x (1 + V), in [-1, 1]) has the input video in view 0.
 * SV4D: SV3D orbit of frame 0 -> reference views at t = 0; an anchor pass samples frames
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,10 @@ import torch
 
 from gm import device as dev
 from gm.console import console
-from gm.errors import CheckpointError, UsageError
+from gm.loader import check_file
+from gm.model import geometry
 from gm.models.build import Engine
+from gm.outputs import finish_frames
 from gm.pipelines.common import (
     Runtime,
     denoiser_for,
@@ -38,59 +38,16 @@ from gm.pipelines.common import (
 from gm.pipelines.video4d_camera import (
     SV4D_SUBSET,
     roll_orbit,
-    sv4d2_camera,
     sv4d2_window_starts,
     sv4d_anchor_frames,
-    sv4d_camera,
     sv4d_dense_starts,
 )
 from gm.pipelines.video4d_input import preprocess, read_frames, to_tensor
+from gm.pipelines.video4d_job import Video4DRequest, check_request, is_sv4d, sv3d_preset
 from gm.pipelines.video4d_output import Writer
 from gm.presets import Preset
 
 Cond = dict[str, torch.Tensor | int]
-
-
-@dataclass(frozen=True)
-class Video4DRequest:
-    """Everything `gm video4d` decides before loading a model."""
-
-    source: str
-    frames: int
-    steps: int
-    seed: int
-    size: int
-    frame_ratio: float
-    elevations: float | tuple[float, ...]
-    azimuths: tuple[float, ...] | None
-    encoding_t: int
-    decoding_t: int
-    remove_bg: bool = False
-    pad: bool = False
-    sv3d_preset: str = "sv3d-u"
-
-
-def is_sv4d(preset: Preset) -> bool:
-    """SV4D (v1) conditions on SV3D reference views; SV4D 2.0 has a camera-embedding UNet."""
-    return not preset.network.get("use_camera_emb", False)
-
-
-def check_request(preset: Preset, request: Video4DRequest) -> tuple[np.ndarray, np.ndarray]:
-    """Validate before any loading; returns the novel views' (polar_rad, azimuth_rad)."""
-    if request.size <= 0 or request.size % 64:
-        raise UsageError(f"--img-size must be a positive multiple of 64, got {request.size}", "e.g. 576 or 512")
-    if request.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {request.steps}")
-    if not 0.0 < request.frame_ratio <= 1.0:
-        raise UsageError(f"--image-frame-ratio must be in (0, 1], got {request.frame_ratio}")
-    window = preset.defaults.window_frames
-    if is_sv4d(preset):
-        if request.frames != 21:
-            raise UsageError(f"{preset.name} makes 21 frames (its windows are fixed), got --frames {request.frames}")
-        return sv4d_camera(request.elevations, request.azimuths)
-    if request.frames < window:
-        raise UsageError(f"--frames must be at least {window} for {preset.name}, got {request.frames}")
-    return sv4d2_camera(preset.defaults.views, request.elevations, request.azimuths)
 
 
 def with_encoding_chunk(preset: Preset, encoding_t: int) -> Preset:
@@ -122,6 +79,28 @@ def share_identical_encoders(engine: Engine) -> int:
     return dropped
 
 
+class Alternating:
+    """SV4D's dense windows change conditioning every sampler step: even steps (step 0 included) run
+    backward — frames descending, the views of the window's last frame — odd steps forward. The
+    sampler keeps the window ascending; a backward call flips the frames in and the result back out
+    (the sampler's update is elementwise, so this equals sampling the flipped window)."""
+
+    def __init__(self, backward, forward, t: int, v: int) -> None:
+        self.backward, self.forward, self.t, self.v = backward, forward, t, v
+        self.step = 0
+
+    def flip(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(self.t, self.v, *x.shape[1:]).flip(0).flatten(0, 1)  # (T*V, ...) t-major
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.step % 2 == 0:
+            return self.flip(self.backward(self.flip(x), sigma))
+        return self.forward(x, sigma)
+
+    def advance(self, i: int) -> None:
+        self.step = i + 1
+
+
 class Sampler4D:
     """Conditioning and sampling of one loaded SV4D-family engine."""
 
@@ -136,7 +115,6 @@ class Sampler4D:
         spec = dataclasses.replace(preset.guider, additional_keys=(*preset.guider.additional_keys, "image_only_indicator"))
         self.guider = guider_for(spec, frames=self.t * self.v)
         self.sigmas = sigmas_for(preset.sampler, request.steps)
-        self.sigmas_dev = self.sigmas.to(runtime.device, torch.float32)  # once: no copy (sync) per step
 
     def conditioning(self, motion: torch.Tensor, views: torch.Tensor, cond_mv: bool = True) -> tuple[Cond, Cond]:
         """motion (T, 3, H, W) and reference views (V, 3, H, W) in [-1, 1] -> (c, uc)."""
@@ -164,23 +142,25 @@ class Sampler4D:
         return torch.randn(shape, generator=self.generator, dtype=torch.float32)  # CPU, as the reference
 
     def latent_shape(self) -> tuple[int, int, int]:
-        return 4, self.request.size // 8, self.request.size // 8
+        return geometry(self.preset).shape(self.request.size, self.request.size)[1:]
 
     def sample(self, c: Cond, uc: Cond, label: str) -> torch.Tensor:
         """One full sampling run of the T*V window from fresh CPU noise -> latents."""
         x = self.noise((self.t * self.v, *self.latent_shape())).to(self.runtime.device)
         with on_device(self.engine.network, self.runtime), torch.inference_mode():
-            return run_sampler(self.preset.sampler, guided_denoise(self.denoiser, self.guider, c, uc), x,
-                               self.sigmas, self.generator, label=label)
+            return run_sampler(self.preset.sampler, self.denoise(c, uc), x, self.sigmas, self.generator, label=label)
 
-    def step(self, x: torch.Tensor, k: int, c: Cond, uc: Cond) -> torch.Tensor:
-        """Euler-EDM step k of the schedule (no churn); step 0 first scales by sqrt(1 + sigma_0^2)."""
-        sigma, sigma_next = self.sigmas_dev[k], self.sigmas_dev[k + 1]
-        if k == 0:
-            x = x * torch.sqrt(1.0 + sigma**2)
-        denoised = guided_denoise(self.denoiser, self.guider, c, uc)(x, sigma.expand(x.shape[0]))
-        d = (x - denoised) / sigma  # the reference's to_d, then x + dt * d
-        return x + (sigma_next - sigma) * d
+    def sample_window(self, window: torch.Tensor, backward: tuple[Cond, Cond], forward: tuple[Cond, Cond],
+                      label: str) -> torch.Tensor:
+        """SV4D's dense pass over a (T, V, 4, h, w) window of unit noise (on the device): the preset's
+        sampler with the conditioning alternating per step (see `Alternating`) -> latents (T*V, ...)."""
+        denoise = Alternating(self.denoise(*backward), self.denoise(*forward), self.t, self.v)
+        with on_device(self.engine.network, self.runtime), torch.inference_mode():
+            return run_sampler(self.preset.sampler, denoise, window.flatten(0, 1), self.sigmas, self.generator,
+                               label=label, on_step=denoise.advance)
+
+    def denoise(self, c: Cond, uc: Cond):
+        return guided_denoise(self.denoiser, self.guider, c, uc)
 
     def decode(self, z: torch.Tensor, label: str = "decode") -> torch.Tensor:
         """Latents -> images in [-1, 1] on the CPU."""
@@ -189,30 +169,17 @@ class Sampler4D:
         return decode(self.engine, z, self.runtime, self.request.decoding_t, label=label) * 2.0 - 1.0
 
 
-def sv3d_preset(name: str) -> Preset:
-    """SV4D's reference-view model (--sv3d-preset): an orbit preset, or a UsageError."""
-    from gm import presets
-
-    sv3d = presets.load(name)
-    if sv3d.family != "orbit":
-        raise UsageError(f"--sv3d-preset {name} is a {sv3d.family} model, not an SV3D one", "use sv3d-u or sv3d-p")
-    return sv3d
-
-
 def sv3d_reference_views(request: Video4DRequest, runtime_of, frame0: torch.Tensor,
-                         sv3d: Preset, checkpoint: str | Path | None) -> torch.Tensor:
-    """SV3D orbit of frame 0, rolled so the input comes first: (21, 3, H, W) in [-1, 1]."""
-    from PIL import Image
-
+                         sv3d: Preset, checkpoint: str | Path | None, unsafe_pickle: bool = False) -> torch.Tensor:
+    """SV3D orbit of frame 0 (in [-1, 1], as prepared), rolled so the input comes first: (21, 3, H, W)."""
     from gm.pipelines.orbit import run_orbit
     from gm.pipelines.video import request_from_preset
 
     runtime = runtime_of(sv3d)
-    engine = load(sv3d, runtime, checkpoint)
+    engine = load(sv3d, runtime, checkpoint, unsafe_pickle)
     orbit_req = request_from_preset(sv3d, frames=21, steps=request.steps, seed=request.seed,
                                     cond_aug=1e-5, decoding_t=request.decoding_t)
-    arr = ((frame0.permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).byte().numpy()  # (H, W, 3)
-    frames = run_orbit(engine, sv3d, runtime, Image.fromarray(arr), orbit_req,
+    frames = run_orbit(engine, sv3d, runtime, frame0[None], orbit_req,
                        elevations_deg=request.elevations, azimuths_deg=request.azimuths)
     del engine
     frames = frames * 2.0 - 1.0
@@ -221,7 +188,7 @@ def sv3d_reference_views(request: Video4DRequest, runtime_of, frame0: torch.Tens
 
 
 def run_sv4d(s: Sampler4D, img: torch.Tensor, overall) -> None:
-    """Anchor pass, then dense windows with the per-step backward/forward alternation (§2.5)."""
+    """Anchor pass, then dense windows with the per-step backward/forward alternation."""
     t, v = s.t, s.v
     anchors = sv4d_anchor_frames(img.shape[0], t)
     c, uc = s.conditioning(img[anchors, 0], img[0, 1:])
@@ -234,22 +201,13 @@ def run_sv4d(s: Sampler4D, img: torch.Tensor, overall) -> None:
         ascending = list(range(t0, t0 + t))
         forward = s.conditioning(img[ascending, 0], img[t0, 1:])
         backward = s.conditioning(img[ascending[::-1], 0], img[t0 + t - 1, 1:])
-        with on_device(s.engine.network, s.runtime), torch.inference_mode(), \
-                console.task(f"window {t0}-{t0 + t - 1}", total=s.request.steps, unit="step") as bar:
-            for k in range(s.request.steps):
-                # Even steps (step 0 included) run backward: frames descending, views of the last frame.
-                back = k % 2 == 0
-                c, uc = backward if back else forward
-                x = (window.flip(0) if back else window).flatten(0, 1)  # (T*V, 4, h, w) t-major
-                x = s.step(x, k, c, uc).view(t, v, *x.shape[1:])  # (T, V, 4, h, w)
-                window = x.flip(0) if back else x
-                bar.advance()
-        img[t0:t0 + t, 1:] = s.decode(window.flatten(0, 1), "decode window").view(t, v, *img.shape[2:])
+        window = s.sample_window(window, backward, forward, f"window {t0}-{t0 + t - 1}")
+        img[t0:t0 + t, 1:] = s.decode(window, "decode window").view(t, v, *img.shape[2:])
         overall.advance()
 
 
 def run_sv4d2(s: Sampler4D, img: torch.Tensor, overall) -> None:
-    """Autoregressive windows; the first without reference views (§2.6)."""
+    """Autoregressive windows; the first without reference views."""
     t, v = s.t, s.v
     for t0 in sv4d2_window_starts(img.shape[0], t, v):
         frames = list(range(t0, t0 + t))
@@ -260,24 +218,31 @@ def run_sv4d2(s: Sampler4D, img: torch.Tensor, overall) -> None:
 
 
 def video4d(preset: Preset, runtime_of, request: Video4DRequest, out_dir: Path,
-            checkpoint: str | None = None, sv3d_checkpoint: str | None = None) -> list[Path]:
-    """The whole `gm video4d` run; `runtime_of(preset)` decides device/dtype per model. Every
-    option, input and checkpoint is checked before anything runs, and the files are written only
-    when all sampling is done (a failed run leaves none). Returns the written files
+            checkpoint: str | None = None, sv3d_checkpoint: str | None = None,
+            engine: Engine | None = None, unsafe_pickle: bool = False) -> list[Path]:
+    """The whole `gm video4d` run: `render`, then write every video under one number. The files are
+    written only when all sampling is done (a failed run leaves none). Returns the written files
     (process_input, [t000], v001..., [diag], grid)."""
-    from gm.checkpoint import find_checkpoint
+    writer = Writer(out_dir, preset, request)
+    videos = render(preset, runtime_of, request, checkpoint, sv3d_checkpoint, engine, unsafe_pickle)
+    return [writer.video(tag, pixels) for tag, pixels in videos.items()]
 
+
+def render(preset: Preset, runtime_of, request: Video4DRequest, checkpoint: str | None = None,
+           sv3d_checkpoint: str | None = None, engine: Engine | None = None,
+           unsafe_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Every video of a run as watermarked uint8 frames (N, H, W, 3) by tag; `runtime_of(preset)`
+    decides device/dtype per model, `engine` is an already loaded SV4D-family model. Every option,
+    input and checkpoint is checked before anything runs."""
     polars, azimuths = check_request(preset, request)
     sv4d = is_sv4d(preset)
     sv3d = sv3d_preset(request.sv3d_preset) if sv4d else None
-    path = find_checkpoint(preset, checkpoint)
-    try:
-        sv3d_path = find_checkpoint(sv3d, sv3d_checkpoint) if sv3d else None
-    except CheckpointError as err:
-        raise CheckpointError(err.message, err.hint.replace("--checkpoint", "--sv3d-checkpoint")) from None
+    # Both checkpoints are matched with their presets from the headers before anything runs: the
+    # SV4D file would otherwise be read only after the minutes-long SV3D stage.
+    path = check_file(preset, checkpoint, unsafe_pickle) if engine is None else None
+    sv3d_path = check_file(sv3d, sv3d_checkpoint, unsafe_pickle, option="--sv3d-checkpoint") if sv3d else None
     images = read_frames(request.source, request.frames, pad=request.pad)
     motion = to_tensor(preprocess(images, request.size, request.frame_ratio, remove_bg=request.remove_bg))
-    writer = Writer(out_dir, preset, request)
     console.log(f"seed {request.seed}")
     videos: dict[str, torch.Tensor] = {"process_input": motion}
     views = preset.defaults.views
@@ -287,18 +252,19 @@ def video4d(preset: Preset, runtime_of, request: Video4DRequest, out_dir: Path,
         len(sv4d2_window_starts(request.frames, preset.defaults.window_frames, views))
     with console.task(f"{preset.name} overall", total=passes + (1 if sv4d else 0), unit="pass") as overall:
         if sv3d is not None:
-            img[0] = sv3d_reference_views(request, runtime_of, motion[0], sv3d, sv3d_path)[list(SV4D_SUBSET)]
+            img[0] = sv3d_reference_views(request, runtime_of, motion[0], sv3d, sv3d_path, unsafe_pickle)[list(SV4D_SUBSET)]
             videos["t000"] = img[0].clone()  # the dense pass overwrites t = 0
             overall.advance()
         runtime = runtime_of(preset)
-        engine = load(with_encoding_chunk(preset, request.encoding_t), runtime, path)
-        dropped = share_identical_encoders(engine)
-        if dropped:
-            console.log(f"the VAE encoder copies are identical: running one ({dropped} dropped)")
+        if engine is None:
+            engine = load(with_encoding_chunk(preset, request.encoding_t), runtime, path, unsafe_pickle)
+            dropped = share_identical_encoders(engine)
+            if dropped:
+                console.log(f"the VAE encoder copies are identical: running one ({dropped} dropped)")
         sampler = Sampler4D(engine, preset, runtime, request, polars, azimuths, dev.cpu_generator(request.seed))
         (run_sv4d if sv4d else run_sv4d2)(sampler, img, overall)
     videos.update({f"v{v:03d}": img[:, v] for v in range(1, views + 1)})
     if sv4d:
-        videos["diag"] = writer.diagonal(img)
-    videos["grid"] = writer.grid(img, columns=math.ceil(math.sqrt(views + 1)))
-    return [writer.video(tag, frames) for tag, frames in videos.items()]
+        videos["diag"] = Writer.diagonal(img)
+    videos["grid"] = Writer.grid(img, columns=math.ceil(math.sqrt(views + 1)))
+    return {tag: finish_frames(((frames.float() + 1.0) / 2.0).clamp(0, 1)) for tag, frames in videos.items()}

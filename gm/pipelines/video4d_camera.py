@@ -1,5 +1,5 @@
 """Camera values and window layout of SV4D / SV4D 2.0 (reference `simple_video_sample_4d.py`,
-`simple_video_sample_4d2.py`; REFERENCE §2.5-2.6).
+`simple_video_sample_4d2.py`).
 
 SV4D: SV3D makes a 21-view orbit of frame 0 (last view = the input, azimuths relative to it);
 the orbit is rolled by +1 so the input comes first, and 8 views are kept (rolled indices

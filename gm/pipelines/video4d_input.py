@@ -1,7 +1,7 @@
 """Input video of `gm video4d`: reading and object-centred preprocessing (reference
-`scripts/demo/sv4d_helpers.py` read_video / preprocess_video; REFERENCE §2.4).
+`scripts/demo/sv4d_helpers.py` read_video / preprocess_video).
 
-Differences from the reference, on purpose (REFERENCE §8 items 15-16): the preprocessed frames are
+Differences from the reference, on purpose: the preprocessed frames are
 used directly (no lossy mp4 round trip), and rows/columns are kept apart, so non-square inputs
 work. Short inputs are an error, or with `pad` are ping-pong padded (frames, then reversed).
 """

@@ -10,12 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gm.io.files import ensure_dir, write_atomic, write_numbered
 from gm.io.media import write_mp4
+from gm.outputs import run_record
 from gm.pipelines.video4d_camera import diagonal_views
-from gm.pipelines.video_output import finish_frames
 from gm.presets import Preset
 
 FPS = 10.0
@@ -27,14 +28,13 @@ class Writer:
     def __init__(self, out_dir: Path, preset: Preset, request: Any) -> None:
         self.out_dir = ensure_dir(out_dir)
         self.number: int | None = None  # claimed by the first file
-        data = preset.to_dict()
-        self.record = {"preset": preset.name, "request": asdict(request),
-                       **{k: data[k] for k in ("sampler", "guider") if k in data}}
+        fields = {k: v for k, v in asdict(request).items() if k != "seed"}
+        self.record = run_record("video4d", preset, request.seed, **fields)
 
-    def video(self, tag: str, frames: torch.Tensor) -> Path:
-        """frames (N, 3, H, W) in [-1, 1] -> `NNNNNN_<tag>.mp4`."""
-        pixels = finish_frames(((frames.float() + 1.0) / 2.0).clamp(0, 1))
+    def video(self, tag: str, pixels: np.ndarray) -> Path:
+        """Watermarked uint8 frames (N, H, W, 3) -> `NNNNNN_<tag>.mp4`."""
         comment = json.dumps({**self.record, "file": tag}, sort_keys=True, default=str, separators=(",", ":"))
+
         def write(tmp: Path) -> None:
             write_mp4(tmp, list(pixels), FPS, {"comment": comment})
 

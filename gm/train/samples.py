@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gm.console import console
 from gm.device import cpu_generator
-from gm.diffusion import guided
+from gm.diffusion import guided, guiders, recipe
 from gm.io.files import write_atomic
 from gm.models.build import Engine
-from gm.pipelines.common import guider_for, run_sampler, sigmas_for
 from gm.presets import Preset
 from gm.train.config import TrainConfig
 from gm.train.model import DiffusionObjective, condition
@@ -49,8 +49,8 @@ def generate(objective: DiffusionObjective, preset: Preset, batch: dict, n: int,
     """n samples in [-1, 1] (n, C, H, W) on the CPU, decoded through the VAE when there is one."""
     engine = objective.engine
     gen = cpu_generator(seed)
-    sigmas = sigmas_for(preset.sampler)
-    guider = guider_for(preset.guider)
+    sigmas = recipe.sigmas_for(preset.sampler)
+    guider = guiders.from_spec(preset.guider)
     full = {**batch}
     inputs = {e.config.input for e in engine.embedders.embedders} if engine.embedders is not None else set()
     if "original_size_as_tuple" in inputs:
@@ -64,7 +64,8 @@ def generate(objective: DiffusionObjective, preset: Preset, batch: dict, n: int,
         uc = condition(engine, part, None, zero=True) if part else {}
         noise = torch.randn((m, *shape), generator=gen).to(device)
         denoise = guided(objective.denoiser, guider, cond, uc)
-        x = run_sampler(preset.sampler, denoise, noise, sigmas, gen, label="sample grid")
+        with console.task("sample grid", total=len(sigmas) - 1, unit="step") as bar:
+            x = recipe.run(preset.sampler, denoise, noise, sigmas, gen, callback=lambda i, x, d: bar.advance())
         if engine.vae is not None:
             x = engine.vae.decode(x / objective.scale_factor)
         out.append(x.float().cpu())

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from gm.console import console
+from gm.diffusion.samplers import a1111_name
 from gm.errors import GmError, InputError
 from gm.io import watermark
 from gm.io.files import ensure_dir, next_number, write_atomic, write_numbered
@@ -71,17 +72,6 @@ def finish_pixels(images: torch.Tensor, what: str = "images") -> tuple[np.ndarra
                           "written without it")
     return to_uint8(marked), embedded
 
-# gm sampler names -> the labels A1111 writes in its infotext.
-A1111_SAMPLERS = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "heun": "Heun",
-    "dpmpp_2s_a": "DPM++ 2S a",
-    "dpmpp_2m": "DPM++ 2M",
-    "lms": "LMS",
-}
-
-
 @dataclass(frozen=True)
 class ImageResult:
     """One finished image: its watermarked pixels (H, W, 3) uint8, seed, prompt, how it was made,
@@ -117,7 +107,7 @@ def a1111_fields(preset: Preset, seed: int, width: int, height: int, steps: int,
     """The common infotext fields, in A1111's order; callers append img2img/refiner fields."""
     return {
         "Steps": steps,
-        "Sampler": A1111_SAMPLERS.get(preset.sampler.name, preset.sampler.name),
+        "Sampler": a1111_name(preset.sampler.name, preset.sampler.scheduler),
         "CFG scale": cfg,
         "Seed": seed,
         "Size": f"{width}x{height}",

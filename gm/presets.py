@@ -55,7 +55,7 @@ class DenoiserSpec:
 class SamplerSpec:
     name: str = "euler"  # a key of gm.diffusion.samplers.SAMPLERS
     steps: int = 50
-    scheduler: str = "normal"  # "normal" = the discretization below; else gm.diffusion.schedules.SCHEDULERS
+    scheduler: str = "normal"  # a key of gm.diffusion.schedulers.SCHEDULERS ("normal" = the discretization below)
     discretization: str = "legacy_ddpm"  # a key of gm.diffusion.schedules.DISCRETIZATIONS
     sigma_min: float = 0.002  # edm only
     sigma_max: float = 80.0  # edm only
@@ -64,8 +64,8 @@ class SamplerSpec:
     s_tmin: float = 0.0
     s_tmax: float = 999.0
     s_noise: float = 1.0
-    eta: float = 1.0  # ancestral samplers
-    order: int = 4  # lms
+    eta: float | None = None  # ancestral / SDE / DDIM samplers; None = the sampler's own default
+    order: int | None = None  # lms, uni_pc; None = the sampler's own default
 
 
 @dataclass(frozen=True)

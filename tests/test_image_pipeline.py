@@ -230,10 +230,13 @@ def test_turbo_runs_the_sub_schedule_without_guidance(gm, tmp_path: Path, sample
         assert torch.equal(draws(0), torch.from_numpy(expected))
 
 
-def test_long_prompt_warns_with_the_dropped_count(gm, tmp_path: Path) -> None:
-    prompt = " ".join(["fox"] * 80)  # 80 tokens, 75 fit
-    r = gm("txt2img", prompt, "-p", SD21, "--steps", "1", "-o", str(tmp_path))
-    assert r.exit_code == 0 and "the last 5 token(s) are dropped" in r.stderr
+def test_long_prompt_is_encoded_in_windows_not_cut(gm, tmp_path: Path) -> None:
+    """80 tokens: two 77-token windows; the tail changes the image (it used to be dropped with a warning)."""
+    args = ("txt2img", "-p", SD21, "--steps", "1", "--seed", "3")
+    long = gm(*args, " ".join(["fox"] * 75 + ["cat"] * 5), "-o", str(tmp_path / "a"))
+    cut = gm(*args, " ".join(["fox"] * 75), "-o", str(tmp_path / "b"))
+    assert long.exit_code == 0 and "dropped" not in long.stderr, long.output
+    assert not np.array_equal(pixels(long.stdout.strip()), pixels(cut.stdout.strip()))
 
 
 def test_ldm_layout_checkpoint_loads(gm, tmp_path: Path, checkpoints: Path) -> None:

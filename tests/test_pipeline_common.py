@@ -76,23 +76,21 @@ def test_keep_loaded_reuses_the_engine_only_when_on(tmp_path: Path) -> None:
     assert common.load(preset, runtime, path) is not first
 
 
-def test_scheduler_names_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """'normal' is the preset's discretization; a registry dict name -> fn(n, ...) -> sigmas plugs in."""
+def test_scheduler_names_come_from_the_registry() -> None:
+    """'normal' is the preset's discretization; the others are gm.diffusion.schedulers' registry, over the
+    model's range: the DDPM table for legacy_ddpm presets, sigma_min..sigma_max for EDM ones."""
     import torch
 
-    from gm.diffusion import recipe, schedules
+    from gm.diffusion import recipe, schedulers
 
     assert torch.equal(sigmas_for(SamplerSpec(steps=10, scheduler="normal")), sigmas_for(SamplerSpec(steps=10)))
-    with pytest.raises(UsageError, match="unknown scheduler 'karras'"):
-        sigmas_for(SamplerSpec(scheduler="karras"))
-
-    def uniform(n: int, sigma_max: float) -> torch.Tensor:  # takes only the settings it names
-        return torch.cat([torch.linspace(sigma_max, 1.0, n), torch.zeros(1)])
-
-    monkeypatch.setattr(schedules, "SCHEDULERS", {"uniform": uniform}, raising=False)
-    assert recipe.scheduler_names() == ("normal", "uniform")
-    sigmas = sigmas_for(SamplerSpec(steps=4, scheduler="uniform", sigma_max=9.0))
-    assert sigmas.tolist() == pytest.approx([9.0, 19 / 3, 11 / 3, 1.0, 0.0])
+    assert recipe.scheduler_names() == tuple(schedulers.SCHEDULERS)
+    with pytest.raises(UsageError, match="unknown scheduler 'nope'"):
+        sigmas_for(SamplerSpec(scheduler="nope"))
+    ddpm = schedulers.model_sigmas(True)
+    assert torch.equal(sigmas_for(SamplerSpec(steps=6, scheduler="karras")), schedulers.karras_sigmas(6, ddpm))
+    edm = sigmas_for(SamplerSpec(steps=4, scheduler="exponential", discretization="edm", sigma_min=0.5, sigma_max=8.0))
+    assert edm.tolist() == pytest.approx([8.0 * (1 / 16) ** (i / 3) for i in range(4)] + [0.0], rel=1e-5)
 
 
 def test_cli_scheduler_and_sampler_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,10 +100,11 @@ def test_cli_scheduler_and_sampler_options(tmp_path: Path, monkeypatch: pytest.M
 
     make_checkpoint(presets.load(TINY), tmp_path / "ckpt")
     monkeypatch.setenv("GM_CHECKPOINTS", str(tmp_path / "ckpt"))
-    bad = CliRunner().invoke(app, ["txt2img", "a cat", "-p", TINY, "--scheduler", "karras", "-o", str(tmp_path)])
-    assert bad.exit_code == 2 and "unknown scheduler 'karras'" in bad.output and "normal" in bad.output
-    r = CliRunner().invoke(app, ["txt2img", "a cat", "-p", TINY, "--steps", "1", "--scheduler", "normal",
-                                 "--sampler", "heun", "-q", "-o", str(tmp_path / "o")])
+    bad = CliRunner().invoke(app, ["txt2img", "a cat", "-p", TINY, "--scheduler", "nope", "-o", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown scheduler 'nope'" in bad.output and "karras" in bad.output
+    r = CliRunner().invoke(app, ["txt2img", "a cat", "-p", TINY, "--steps", "2", "--scheduler", "karras",
+                                 "--sampler", "dpmpp_2m", "-q", "-o", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     record = json.loads(read_png_text(Path(r.stdout.strip()))["gm"])
-    assert (record["preset"]["sampler"]["scheduler"], record["preset"]["sampler"]["name"]) == ("normal", "heun")
+    assert (record["preset"]["sampler"]["scheduler"], record["preset"]["sampler"]["name"]) == ("karras", "dpmpp_2m")
+    assert "Sampler: DPM++ 2M Karras," in read_png_text(Path(r.stdout.strip()))["parameters"]

@@ -152,7 +152,7 @@ def test_defaults_are_typed_per_family() -> None:
 def test_names_come_from_the_registries() -> None:
     from gm.diffusion.samplers import SAMPLERS
 
-    with pytest.raises(OverrideError, match=r"'ddim' is not one of " + ", ".join(SAMPLERS)):
-        presets.load("sd-2.1", ["sampler.name=ddim"])
+    with pytest.raises(OverrideError, match=r"'plms' is not one of " + ", ".join(SAMPLERS)):
+        presets.load("sd-2.1", ["sampler.name=plms"])
     with pytest.raises(OverrideError, match="'cosine' is not one of"):
         presets.load("sd-2.1", ["guider.kind=cosine"])

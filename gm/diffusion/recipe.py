@@ -8,21 +8,20 @@ knows nothing of preset files. Names are checked against the registries, never a
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
-from gm.diffusion import samplers, schedules
+from gm.diffusion import samplers, schedulers, schedules
 from gm.errors import UsageError
 
-# "normal" is the preset's own discretization; further schedulers come from the registry in
-# gm.diffusion.schedules when it has one: name -> fn(n, **subset of sigma_min/sigma_max/rho).
+# "normal" is the preset's own discretization; the others come from gm.diffusion.schedulers.SCHEDULERS,
+# spanning the model's sigma range (the DDPM table for legacy_ddpm models, sigma_min..sigma_max for EDM).
 NORMAL = "normal"
 
 
 def scheduler_names() -> tuple[str, ...]:
-    return (NORMAL, *getattr(schedules, "SCHEDULERS", {}))
+    return tuple(schedulers.SCHEDULERS)
 
 
 def check_names(sampler: str, scheduler: str = NORMAL, discretization: str | None = None) -> None:
@@ -45,10 +44,9 @@ def sigmas_for(spec: Any, steps: int | None = None) -> torch.Tensor:
         raise UsageError(f"steps must be at least 1, got {n}", "e.g. --steps 30")
     check_names(spec.name, scheduler, spec.discretization)
     if scheduler != NORMAL:
-        fn = schedules.SCHEDULERS[scheduler]  # type: ignore[attr-defined]
-        known = {"sigma_min": spec.sigma_min, "sigma_max": spec.sigma_max, "rho": spec.rho}
-        accepted = inspect.signature(fn).parameters
-        return fn(n, **{k: v for k, v in known.items() if k in accepted})
+        model = schedulers.model_sigmas(spec.discretization == "legacy_ddpm", spec.discretization,
+                                        spec.sigma_min, spec.sigma_max, spec.rho)
+        return schedulers.scheduler_sigmas(scheduler, n, model)
     if spec.discretization == "edm":
         return schedules.edm_sigmas(n, spec.sigma_min, spec.sigma_max, spec.rho)
     if n > 1000:
@@ -57,10 +55,11 @@ def sigmas_for(spec: Any, steps: int | None = None) -> torch.Tensor:
 
 
 def sampler_options(spec: Any) -> dict[str, float]:
-    """The table's settings that the chosen sampler takes (s_churn for euler, eta for euler_a...)."""
+    """The table's settings that the chosen sampler takes (s_churn for euler, eta for euler_a...); an
+    unset eta / order (None) leaves the sampler's own default (ddim: eta 0, uni_pc: order 3, lms: 4)."""
     values = {"s_churn": spec.s_churn, "s_tmin": spec.s_tmin, "s_tmax": spec.s_tmax,
               "s_noise": spec.s_noise, "eta": spec.eta, "order": spec.order}
-    return {k: v for k, v in values.items() if k in samplers.sampler_options(spec.name)}
+    return {k: v for k, v in values.items() if k in samplers.sampler_options(spec.name) and v is not None}
 
 
 def run(spec: Any, denoise: samplers.Denoise, noise: torch.Tensor, sigmas: torch.Tensor,

@@ -124,9 +124,7 @@ def conditioning(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCon
     if unknown:
         raise GmError(f"preset '{preset.name}' needs conditioning input '{unknown[0]}', which image commands do not "
                       f"provide (they fill {', '.join(IMAGE_INPUTS)})", "use gm img2vid / orbit / video4d for it")
-    dropped = conditioner.dropped_tokens([spec.prompt, spec.negative])
-    if dropped:
-        console.warn(f"prompt longer than 77 tokens: the last {dropped} token(s) are dropped")
+    conditioner.prompt_chunks([spec.prompt, spec.negative])  # checks the syntax (a <lora:...> tag) first
     force_zero = set(conditioner.uc_zero_inputs) | ({"txt"} if preset.defaults.zero_uc_text else set())
     # The inputs in which the uc batch differs from c's; when uc zeroes all of them (SDXL base: the
     # text), uc is c with those outputs zeroed, so the text encoders need not run on the negative.

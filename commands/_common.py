@@ -53,9 +53,10 @@ OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_
 def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False, json_mode: bool = False) -> T:
     """Run a command body: GmError -> one line + hint and its exit code; no traceback unless --debug."""
     from gm.console import console
-    from gm.errors import GmError
+    from gm.errors import GmError, explain, install_sigterm
 
     console.configure(quiet=quiet, json_mode=json_mode)
+    install_sigterm()  # SIGTERM ends like Ctrl-C: tidy folders, exit 143
     try:
         return run_or_tidy(fn)
     except GmError as err:
@@ -63,9 +64,9 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False, json_m
             raise
         console.error(str(err))
         raise typer.Exit(err.exit_code) from None
-    except KeyboardInterrupt:
-        console.error("interrupted")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as err:
+        console.error(str(err) or "interrupted")
+        raise typer.Exit(getattr(err, "exit_code", 130)) from None
     except BrokenPipeError:  # stdout closed early (`gm ... | head`): stop quietly, like a SIGPIPE
         import os
 
@@ -79,7 +80,7 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False, json_m
             raise
         from gm.errors import out_of_memory
 
-        oom = out_of_memory(err, console.failed_phase)
+        oom = out_of_memory(err, console.failed_phase) or explain(err)
         if oom is not None:
             console.error(str(oom))
             raise typer.Exit(oom.exit_code) from None

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         def body() -> None:
             from gm.console import console
-            from gm.errors import UsageError
+            from gm.errors import UsageError, interruption
             from gm.train.loop import train
             from gm.train.run import TrainOptions
 
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
                                         batch_size=batch_size, lr=lr, seed=seed, device=device,
                                         overrides=tuple(set_ or ())))
             if result.interrupted:
-                raise KeyboardInterrupt
+                raise interruption(result.signum)
             if result.grid is None:  # a non-zero DDP rank: rank 0 reports
                 return
             accuracy = result.metrics.get("classifier_accuracy")

@@ -105,7 +105,7 @@ def test_checkpoint_of_another_model_is_a_strict_error(gm, checkpoints: Path, tm
     (("-W", "72"), "not a multiple of 16, which this model's UNet needs"),
     (("--steps", "0"), "steps must be at least 1"),
     (("--steps", "1001"), "1000 steps at most"),
-    (("--sampler", "ddim"), "unknown sampler"),
+    (("--sampler", "plms"), "unknown sampler"),
     (("--aspect", "wide"), "not a ratio"),
     (("-n", "0"), "-n must be at least 1"),
     (("--refiner", SD21, "--refiner-strength", "1.5"), "--refiner-strength must be in (0, 1]"),

@@ -62,9 +62,9 @@ def test_permission_denied_names_the_file() -> None:
 def _check_permission_denied(secret: Path) -> None:
     script = textwrap.dedent(f"""
         import os
+        from gm.errors import explain  # imported first: the interpreter may live where nobody can read
         if os.geteuid() == 0:
             os.setgid(65534); os.setuid(65534)
-        from gm.errors import explain
         try:
             open({str(secret)!r}, "rb")
         except OSError as err:

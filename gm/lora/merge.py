@@ -147,8 +147,13 @@ def merge(params: Mapping[str, torch.Tensor], steps: Sequence[Step]) -> None:
         t = step.target
         weight = params[t.key]
         part = weight[t.rows[0]:t.rows[1]] if t.rows is not None else weight
+        m = step.module
+        if part.dtype == torch.float32 and part.dim() == 2 and m.down.dim() == 2 and not t.transpose:
+            factor = step.scale * (m.rank if m.alpha is None else m.alpha) / m.rank  # fused, no temporaries
+            part.addmm_(m.up.to(part.device, torch.float32), m.down.to(part.device, torch.float32), alpha=factor)
+            continue
         shape = tuple(part.shape[::-1]) if t.transpose else tuple(part.shape)
-        d = delta(step.module, step.scale, shape, part.device)
+        d = delta(m, step.scale, shape, part.device)
         if t.transpose:
             d = d.T
         part.copy_((part.float() + d).to(part.dtype))

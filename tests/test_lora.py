@@ -14,8 +14,15 @@ from safetensors.torch import save_file
 
 from gm import presets
 from gm.errors import CheckpointError, UsageError
-from gm.lora import (apply_loras, extract_prompt_loras, find_lora, load_lora, lora_hash, lora_hashes_text,
-                     parse_lora_arg)
+from gm.lora import (
+    apply_loras,
+    extract_prompt_loras,
+    find_lora,
+    load_lora,
+    lora_hash,
+    lora_hashes_text,
+    parse_lora_arg,
+)
 from gm.models.build import build_engine
 
 PRESETS = Path(__file__).parent / "presets"
@@ -250,3 +257,16 @@ def test_lora_hash_is_a1111_addnet_hash(tmp_path: Path) -> None:
               metadata={"ss_output_name": "renamed"})
     assert lora_hash(b) == lora_hash(a) and a.read_bytes() != b.read_bytes()
     assert lora_hashes_text([("a", "0123456789ab"), ("b", "ba9876543210")]) == "a: 0123456789ab, b: ba9876543210"
+
+
+def test_check_on_a_meta_engine_reads_no_weights(tmp_path: Path) -> None:
+    from gm.lora import check_loras
+
+    with torch.device("meta"):
+        engine = build_engine(presets.load(str(PRESETS / "tiny-sdxl-base.toml")))
+    down, up = _factors(64, 64)
+    good = _kohya(tmp_path / "g.safetensors", "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q", down, up)
+    assert len(check_loras(engine, [(load_lora(good), 1.0)], "tiny")) == 1
+    bad = _kohya(tmp_path / "b.safetensors", "lora_unet_input_blocks_9_1_proj_in", down, up)
+    with pytest.raises(CheckpointError, match="lora_unet_input_blocks_9_1_proj_in"):
+        check_loras(engine, [(load_lora(bad), 1.0)], "tiny")

@@ -159,6 +159,13 @@ def merge(params: Mapping[str, torch.Tensor], steps: Sequence[Step]) -> None:
         part.copy_((part.float() + d).to(part.dtype))
 
 
+def check_loras(engine: nn.Module, loras: Sequence[tuple[LoraFile, float]], label: str) -> list[Step]:
+    """`plan_loras` for an engine, which may be built on the meta device: run it before loading the
+    checkpoint or sampling, so that a wrong LoRA fails first."""
+    shapes = {k: tuple(v.shape) for k, v in engine.state_dict(keep_vars=True).items()}
+    return plan_loras(shapes, engine.get_submodule(UNET.rstrip(".")).cfg, loras, label)
+
+
 def apply_loras(engine: nn.Module, loras: Sequence[tuple[LoraFile, float]], label: str) -> list[Applied]:
     """Merge `loras` ((file, scale) pairs, in order) into a loaded engine's weights in place.
 
@@ -166,9 +173,7 @@ def apply_loras(engine: nn.Module, loras: Sequence[tuple[LoraFile, float]], labe
     UNet config comes from `engine.model.diffusion_model.cfg`. `label` names the model in errors
     (e.g. the preset name). All LoRAs are checked before any weight changes."""
     params = engine.state_dict(keep_vars=True)
-    shapes = {k: tuple(v.shape) for k, v in params.items()}
-    unet_cfg = engine.get_submodule(UNET.rstrip(".")).cfg
-    steps = plan_loras(shapes, unet_cfg, loras, label)
+    steps = check_loras(engine, loras, label)
     done = []
     for index, (lora, scale) in enumerate(loras):
         start = time.perf_counter()

@@ -270,3 +270,19 @@ def test_check_on_a_meta_engine_reads_no_weights(tmp_path: Path) -> None:
     bad = _kohya(tmp_path / "b.safetensors", "lora_unet_input_blocks_9_1_proj_in", down, up)
     with pytest.raises(CheckpointError, match="lora_unet_input_blocks_9_1_proj_in"):
         check_loras(engine, [(load_lora(bad), 1.0)], "tiny")
+
+
+def test_half_precision_merge_in_fp32_and_overflow(tmp_path: Path) -> None:
+    engine = _engine("tiny-sdxl-base").half()
+    key = f"{UNET}input_blocks.3.1.transformer_blocks.0.attn1.to_q.weight"
+    down, up = _factors(64, 64)
+    path = _kohya(tmp_path / "h.safetensors", "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q", down, up)
+    w = engine.state_dict()[key].clone()
+    apply_loras(engine, [(load_lora(path), 0.3)], "tiny")
+    want = _expected(w.float(), down, up, 0.3, 4, 4).half()  # summed in fp32, rounded once
+    assert torch.equal(engine.state_dict()[key], want)
+    with pytest.raises(CheckpointError, match="overflows torch.float16"):
+        apply_loras(engine, [(load_lora(path), 1e6)], "tiny")
+    nan = _kohya(tmp_path / "n.safetensors", "lora_unet_x", torch.full((2, 4), float("nan")), torch.zeros(4, 2))
+    with pytest.raises(CheckpointError, match="non-finite"):
+        load_lora(nan)

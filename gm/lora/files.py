@@ -172,6 +172,8 @@ def load_lora(path: str | Path) -> LoraFile:
             if down.dim() < 2 or up.dim() < 2 or up.shape[1] != down.shape[0] or any(s != 1 for s in up.shape[2:]):
                 raise CheckpointError(f"LoRA {path.name}: {module} has factors of shapes {list(down.shape)} (down) "
                                       f"and {list(up.shape)} (up), which do not multiply", "download it again")
+            if not (torch.isfinite(down).all() and torch.isfinite(up).all() and math.isfinite(alpha or 0.0)):
+                raise CheckpointError(f"LoRA {path.name}: {module} holds non-finite values", "download it again")
             modules[module] = LoraModule(down, up, alpha)
     fmt = "kohya" if all(m.startswith("lora_") for m in modules) else "diffusers"
     return LoraFile(path, fmt, modules, dict(metadata))

@@ -156,7 +156,11 @@ def merge(params: Mapping[str, torch.Tensor], steps: Sequence[Step]) -> None:
         d = delta(m, step.scale, shape, part.device)
         if t.transpose:
             d = d.T
-        part.copy_((part.float() + d).to(part.dtype))
+        merged = (part.float() + d).to(part.dtype)
+        if not torch.isfinite(merged).all():  # fp16 overflow: the factors themselves are checked at load
+            raise CheckpointError(f"LoRA layer {step.name} overflows {part.dtype} in {t.key} at scale {step.scale}",
+                                  "lower the LoRA scale, or use --dtype fp32/bf16")
+        part.copy_(merged)
 
 
 def check_loras(engine: nn.Module, loras: Sequence[tuple[LoraFile, float]], label: str) -> list[Step]:
@@ -180,7 +184,4 @@ def apply_loras(engine: nn.Module, loras: Sequence[tuple[LoraFile, float]], labe
         mine = [s for s in steps if s.index == index]
         merge(params, mine)
         done.append(Applied(lora.name, str(lora.path), scale, len(mine), time.perf_counter() - start))
-    for key in {s.target.key for s in steps}:
-        if not torch.isfinite(params[key]).all():
-            raise CheckpointError(f"merging the LoRA(s) made {key} non-finite", "lower the LoRA scale")
     return done

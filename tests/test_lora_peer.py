@@ -1,6 +1,7 @@
 """gm's LoRA merge vs diffusers' `load_lora_adapter` / `load_lora_into_text_encoder` (PEFT) on the same
 random tiny SDXL-shaped weights and the same random LoRA files: the UNet in the PEFT format and in
-kohya's LDM-named SDXL format (with LoCon convolutions), both text encoders in kohya's format (te2
+kohya's LDM-named SDXL format (with LoCon convolutions), an SD 2.x-style UNet in kohya's
+diffusers-named format, both text encoders in kohya's format (te2
 is gm's fused OpenCLIP attention), and a diffusers-layout VAE through `--vae`. Skipped without the
 bench extra (diffusers, transformers, peft)."""
 
@@ -125,6 +126,41 @@ def test_kohya_sdxl_unet_lora_matches_diffusers(tmp_path: Path) -> None:
         ours = unet(x, t, ctx, peers.sdxl_vector(pooled, time_ids))
         theirs = peer(x, t, encoder_hidden_states=ctx,
                       added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    assert peers.max_abs_diff(ours, plain) > 0.05 * float(plain.abs().max())
+    _close(ours, theirs)
+
+
+def test_kohya_sd2_unet_lora_in_diffusers_names_matches_diffusers(tmp_path: Path) -> None:
+    """kohya's SD 1.x/2.x LoRAs name UNet layers in diffusers' layout (`lora_unet_down_blocks_0_…`)."""
+    from diffusers import StableDiffusionPipeline
+
+    torch.manual_seed(10)
+    unet = UNet(UNetConfig(in_channels=4, out_channels=4, model_channels=64, num_res_blocks=1,
+                           attention_resolutions=(1, 2), channel_mult=(1, 2), num_head_channels=32,
+                           context_dim=48, use_linear_in_transformer=True)).eval().requires_grad_(False)
+    peer = peers.diffusers_unet(copy.deepcopy(unet))
+    g = torch.Generator().manual_seed(11)
+    state = {}
+    for name, mod in peer.named_modules():
+        if isinstance(mod, (nn.Linear, nn.Conv2d)) and _adapted(name):
+            down, up = _random_factors(mod.weight, g)
+            key = "lora_unet_" + name.replace(".", "_")
+            state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = down, up
+            state[f"{key}.alpha"] = torch.tensor(1.0)
+    save_file(state, str(tmp_path / "sd2.safetensors"))
+    g = torch.Generator().manual_seed(12)
+    x, ctx, t = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 7, 48, generator=g), torch.tensor([1.0, 999.0])
+    with torch.inference_mode():
+        plain = unet(x, t, ctx)
+    assert _merge(unet, tmp_path / "sd2.safetensors") == len(state) // 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted, alphas = StableDiffusionPipeline.lora_state_dict(str(tmp_path / "sd2.safetensors"))
+        converted = {k: v for k, v in converted.items() if k.startswith("unet.")}
+        peer.load_lora_adapter(converted, network_alphas=alphas, prefix="unet", adapter_name="x")
+        peer.set_adapters(["x"], weights=[SCALE])
+    with torch.inference_mode():
+        ours, theirs = unet(x, t, ctx), peer(x, t, encoder_hidden_states=ctx).sample
     assert peers.max_abs_diff(ours, plain) > 0.05 * float(plain.abs().max())
     _close(ours, theirs)
 

@@ -239,3 +239,33 @@ def test_diffusers_layout_vae_override(tmp_path: Path) -> None:
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(9))
     with torch.inference_mode():
         assert torch.equal(vae.decode(z), source.decode(z))
+
+
+@pytest.mark.parametrize("preset,manifest", [("sdxl-base-1.0", "sdxl-base"), ("sdxl-refiner-1.0", "sdxl-refiner"),
+                                             ("sd-2.1", "sd-2.1")])
+def test_release_unet_layer_names_agree_with_diffusers_converter(preset: str, manifest: str) -> None:
+    """At release sizes (manifest shapes, meta tensors), the diffusers name gm derives for every UNet
+    matrix and kernel is the one diffusers' single-file converter gives the same tensor."""
+    import json
+
+    from diffusers.loaders import single_file_utils as sfu
+
+    from gm.lora.names import UNET, lookup_table
+    from gm.models.build import network_config, vae_config
+
+    path = Path(__file__).parent / "manifests" / f"{manifest}.json"
+    shapes = {k: tuple(v) for k, v in json.loads(path.read_text())["tensors"].items()}
+    cfg, _ = network_config(presets.load(preset))
+    vae_cfg = vae_config(presets.load(preset))[0]
+    checkpoint = {k: torch.empty(s, device="meta") for k, s in shapes.items() if k.startswith(UNET)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = sfu.create_unet_diffusers_config_from_ldm(peers.ldm_original_config(cfg, vae_cfg), checkpoint,
+                                                           image_size=1024)
+        converted = sfu.convert_ldm_unet_checkpoint(checkpoint, config)
+    theirs = {id(v): k.removesuffix(".weight") for k, v in converted.items()}
+    table, _ = lookup_table(shapes, cfg)
+    ours = {k.removeprefix("unet."): t.key for k, t in table.items() if k.startswith("unet.")}
+    matrices = [k for k in checkpoint if k.endswith(".weight") and len(shapes[k]) >= 2]
+    assert len(ours) == len(matrices)
+    assert all(theirs[id(checkpoint[key])] == name for name, key in ours.items())

@@ -106,6 +106,9 @@ def test_memory_estimate_and_auto_mode() -> None:
     assert should_tile("auto", 2048, 2048, torch.float32, free=big // 2)
     assert not should_tile("auto", 2048, 2048, torch.float32, free=big * 2)
     assert not should_tile("auto", 2048, 2048, torch.float32, free=None)
+    assert should_tile("auto", 2048, 2048, torch.float32, free=None, budget=big // 2)
+    assert should_tile("auto", 2048, 2048, torch.float32, free=big * 2, budget=big // 2)
+    assert not should_tile("auto", 1024, 1024, torch.float32, free=big * 2, budget=big)
     assert should_tile("on", 64, 64, torch.float32, None) and not should_tile("off", 4096, 4096, torch.float32, 1)
 
 

@@ -38,14 +38,17 @@ def encode_bytes(height: int, width: int, dtype: torch.dtype = torch.float32) ->
 
 
 def should_tile(mode: str, height: int, width: int, dtype: torch.dtype, free: int | None,
-                estimate: Callable[[int, int, torch.dtype], int] = decode_bytes) -> bool:
+                estimate: Callable[[int, int, torch.dtype], int] = decode_bytes, budget: int | None = None) -> bool:
     """`--vae-tiling auto|on|off`: auto tiles when the estimate exceeds 90 % of the free memory
-    (`free` None = unknown, e.g. the CPU: no tiling)."""
+    (`free` None = unknown, e.g. the CPU) or the optional `budget` (e.g. the video decode's
+    DECODE_BUDGET); with neither known it does not tile."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"vae tiling mode must be auto, on or off, not {mode!r}")
     if mode != "auto":
         return mode == "on"
-    return free is not None and estimate(height, width, dtype) > 0.9 * free
+    limits = [int(0.9 * free)] if free is not None else []
+    limits += [budget] if budget is not None else []
+    return bool(limits) and estimate(height, width, dtype) > min(limits)
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:

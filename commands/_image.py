@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from commands._common import MAIN, SAMPLING
+from ._common import MAIN, SAMPLING
 
 SAMPLERS = ("euler", "heun", "euler_a", "dpmpp_2s_a", "dpmpp_2m", "lms")
 

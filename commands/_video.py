@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from commands._common import OUTPUT, PERF, SAMPLING
+from ._common import OUTPUT, PERF, SAMPLING
 
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Sampler steps (default: the preset's).",
                                               rich_help_panel=SAMPLING)]

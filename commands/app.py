@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from commands import (
+from . import (
     detect_watermark,
     download,
     img2vid,

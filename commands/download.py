@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from commands._common import MAIN, OUTPUT, DebugOpt, JsonOpt, QuietOpt, run
+from ._common import MAIN, OUTPUT, DebugOpt, JsonOpt, QuietOpt, run
 
 if TYPE_CHECKING:
     from gm.hub import Item, Status

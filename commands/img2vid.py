@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from commands._common import (
+from ._common import (
     MAIN,
     SAMPLING,
     CheckpointOpt,
@@ -25,7 +25,7 @@ from commands._common import (
     run,
     runtime,
 )
-from commands._video import DecodingTOpt, FormatOpt, FpsOpt, StepsOpt, VideoOutOpt, output_spec
+from ._video import DecodingTOpt, FormatOpt, FpsOpt, StepsOpt, VideoOutOpt, output_spec
 
 HELP = """Animate images into short videos (SVD, SVD-XT, SVD-XT 1.1).
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from commands._common import (
+from ._common import (
     MAIN,
     SAMPLING,
     CheckpointOpt,
@@ -25,7 +25,7 @@ from commands._common import (
     run,
     runtime,
 )
-from commands._video import DecodingTOpt, FormatOpt, FpsOpt, StepsOpt, VideoOutOpt, output_spec
+from ._video import DecodingTOpt, FormatOpt, FpsOpt, StepsOpt, VideoOutOpt, output_spec
 
 HELP = """Render a 21-view orbit around the object in each image (SV3D_u, SV3D_p).
 

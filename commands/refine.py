@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from commands._common import (
+from ._common import (
     MAIN,
     CheckpointOpt,
     CompileOpt,
@@ -26,7 +26,7 @@ from commands._common import (
     run,
     runtime,
 )
-from commands._image import CfgOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare
+from ._image import CfgOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare
 
 HELP = (
     "Refine existing images (img2img) with the SDXL refiner or another image preset.\n\n"

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from commands._common import MAIN, OUTPUT, DebugOpt, DeviceOpt, JsonOpt, QuietOpt, run
+from ._common import MAIN, OUTPUT, DebugOpt, DeviceOpt, JsonOpt, QuietOpt, run
 
 TRAIN = "Training"
 

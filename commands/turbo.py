@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from commands._common import (
+from ._common import (
     MAIN,
     SAMPLING,
     CheckpointOpt,
@@ -26,7 +26,7 @@ from commands._common import (
     run,
     runtime,
 )
-from commands._image import CountOpt, emit, prepare
+from ._image import CountOpt, emit, prepare
 
 HELP = (
     "Generate images in 1-4 steps with SDXL-Turbo or SD-Turbo (512x512).\n\n"

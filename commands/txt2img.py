@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from commands._common import (
+from ._common import (
     MAIN,
     SAMPLING,
     CheckpointOpt,
@@ -27,7 +27,7 @@ from commands._common import (
     run,
     runtime,
 )
-from commands._image import CfgOpt, CountOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare, requires
+from ._image import CfgOpt, CountOpt, NegativeOpt, SamplerOpt, StepsOpt, emit, prepare, requires
 
 HELP = (
     "Generate images from a prompt (SDXL base 0.9/1.0, SD 2.1 512/768).\n\n"

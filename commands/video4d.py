@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from commands._common import (
+from ._common import (
     MAIN,
     OUTPUT,
     PERF,
@@ -27,7 +27,7 @@ from commands._common import (
     run,
     runtime,
 )
-from commands.orbit import parse_list
+from .orbit import parse_list
 
 HELP = """Make novel-view videos of the object in a video (SV4D 2.0 4-view or 8-view, SV4D).
 

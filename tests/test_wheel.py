@@ -46,14 +46,20 @@ def _build(tmp: Path) -> Path:
     return dist / wheel
 
 
+def clean_env() -> dict[str, str]:
+    """The environment without what would let the clone's gm answer (or change what gm finds)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GM_PRESETS", "GM_CHECKPOINTS")}
+
+
 def _venv(tmp: Path, wheel: Path) -> Path:
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    (Path(purelib) / "gm_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
-                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True)
+                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, env=clean_env())
+    # After the install: pip would otherwise see the test venv's gm and call the wheel installed.
+    (Path(purelib) / "gm_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return venv
 
 
@@ -68,7 +74,7 @@ def test_wheel_installs_and_runs_outside_the_clone(tmp_path: Path) -> None:
     venv = _venv(tmp_path, wheel)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GM_PRESETS", "GM_CHECKPOINTS")}
+    env = clean_env()
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
     gm = str(venv / "bin" / "gm")
 
@@ -82,7 +88,7 @@ def test_wheel_installs_and_runs_outside_the_clone(tmp_path: Path) -> None:
     assert helped.returncode == 0, helped.stderr
     for sub in ("txt2img", "refine", "turbo", "img2vid", "orbit", "video4d", "train", "detect-watermark", "download"):
         assert sub in helped.stdout
-    shown = run("txt2img", "--show-preset")
+    shown = run("txt2img", "a fox", "--show-preset")
     assert shown.returncode == 0 and 'name = "sdxl-base-1.0"' in shown.stdout, shown.stderr
     listed = run("download", "--list", "--json")
     assert listed.returncode == 0, listed.stderr

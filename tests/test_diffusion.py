@@ -1,7 +1,7 @@
 """Diffusion core: schedules, scalings, denoiser, guiders, samplers and training loss.
 
 Golden checks use tests/golden/denoiser-and-sampling{,-video} (static outputs, README tolerances);
-the rest are REFERENCE.md [verified] numbers and closed forms.
+the rest are measured reference numbers (docs/reference.md) and closed forms.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def test_guider_scales_golden(name: str) -> None:
     assert_close(guider.scales(), f"guider_scale.{name}", VID_CFG, VID_IO)
 
 
-# ---------------------------------------------------------------- REFERENCE.md [verified]
+# ---------------------------------------------------------------- measured reference numbers (docs/reference.md)
 
 
 def test_ddpm_timesteps_verified() -> None:

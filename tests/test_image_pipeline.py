@@ -389,7 +389,7 @@ def test_cfg_1_runs_one_unet_batch_and_encodes_no_uc(gm, tmp_path: Path, monkeyp
 
 
 def test_strength_below_one_step_warns(gm, tmp_path: Path, sampler_calls: list) -> None:
-    """strength < 1/(N+1) keeps only sigma 0 (REFERENCE §3.4): no step runs, and gm says so."""
+    """strength < 1/(N+1) keeps only sigma 0 (docs/reference.md §3.4): no step runs, and gm says so."""
     first = gm("txt2img", "a fox", "-p", SD21, "--steps", "1", "--quiet", "-o", str(tmp_path / "a"))
     r = gm("refine", first.stdout.strip(), "-p", SD21, "--steps", "3", "--strength", "0.2", "-o", str(tmp_path / "b"))
     assert r.exit_code == 0, r.output

@@ -1,4 +1,4 @@
-"""`gm orbit` (SV3D): camera arrays (REFERENCE §2.2), object centring, end to end on tiny presets."""
+"""`gm orbit` (SV3D): camera arrays (docs/reference.md §2.2), object centring, end to end on tiny presets."""
 
 from __future__ import annotations
 

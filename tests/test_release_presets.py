@@ -1,7 +1,7 @@
 """Every release preset builds (on the meta device) exactly the tensors of its released checkpoint.
 
 The manifests in tests/manifests list every tensor name and shape of every released
-architecture (../shared/manifests). A preset's Engine must have the same keys and shapes; the
+architecture (tests/manifests). A preset's Engine must have the same keys and shapes; the
 only allowed difference is a key the preset declares `optional` (e.g. `denoiser.sigmas`).
 """
 
@@ -16,7 +16,7 @@ from gm import presets
 from gm.models.build import build_engine, validate
 from tests.conftest import MANIFESTS  # noqa: I001
 
-# preset -> manifest (Turbo models share the base architectures, REFERENCE.md §1.1)
+# preset -> manifest (Turbo models share the base architectures, docs/reference.md §1.1)
 MANIFEST_OF = {
     "sdxl-base-1.0": "sdxl-base", "sdxl-base-0.9": "sdxl-base", "sdxl-turbo": "sdxl-base",
     "sdxl-refiner-1.0": "sdxl-refiner", "sdxl-refiner-0.9": "sdxl-refiner",

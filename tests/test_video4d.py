@@ -1,4 +1,4 @@
-"""`gm video4d`: camera maths against REFERENCE §2.5/§2.6, window layout, input errors, and end to
+"""`gm video4d`: camera maths against docs/reference.md §2.5/§2.6, window layout, input errors, and end to
 end runs of tiny SV4D / SV4D 2.0 presets on small inputs."""
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def test_sv4d2_windows_cover_every_frame() -> None:
         assert covered == set(range(frames)), frames
 
 
-# ---------------------------------------------------------------- sampling procedure (REFERENCE §2.5-2.6)
+# ---------------------------------------------------------------- sampling procedure (docs/reference.md §2.5-2.6)
 
 
 def _sampler(checkpoints: Path, name: str, steps: int = 2):

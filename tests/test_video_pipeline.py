@@ -62,7 +62,7 @@ def img2vid(checkpoints: Path, out: Path, *extra: str, preset: str = "tiny-svd",
               "--device", "cpu", "--out", str(out), *extra)
 
 
-# ---------------------------------------------------------------- conditioning (REFERENCE §2.2)
+# ---------------------------------------------------------------- conditioning (docs/reference.md §2.2)
 
 
 def test_conditioning_follows_the_reference(engine) -> None:

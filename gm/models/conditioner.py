@@ -7,12 +7,12 @@ SV4D frame encoder). Outputs with the same destination are concatenated in embed
 vector on dim 1, crossattn on dim 2 (features), concat / cond_view / cond_motion on dim 1
 (channels).
 
-Unconditional branch (REFERENCE §3.3): `get_conditioning(batch_uc, force_zero=...)` replaces every
+Unconditional branch (docs/reference.md §3.3): `get_conditioning(batch_uc, force_zero=...)` replaces every
 output of the embedders whose `input` is listed by zeros (SDXL base: {"txt"}, both towers and the
 pooled vector; video models: the image inputs). `uc_zero_inputs` collects the inputs whose config
 says `zero_in_uc = true`.
 
-Training dropout (REFERENCE §4.2), only when a `ucg_generator` is passed: with `legacy_ucg_value`
+Training dropout (docs/reference.md §4.2), only when a `ucg_generator` is passed: with `legacy_ucg_value`
 the raw input of each sample is replaced by that value with probability `ucg_rate`; otherwise each
 output tensor is multiplied by its own per-sample Bernoulli(1 - ucg_rate) mask, as sgm does. Both
 draw from the given (seeded) generator, unlike sgm's unseeded NumPy RNG.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from gm.errors import CheckpointError
 
@@ -123,7 +122,7 @@ def _by_name(arch: Arch, filename: str) -> str | None:
     return None
 
 
-def detect_preset(source: Union[str, Path, Header, dict]) -> tuple[str, str]:
+def detect_preset(source: str | Path | Header | dict) -> tuple[str, str]:
     """(preset name, note) for a checkpoint file or its header. The note says which architecture
     was recognised, which preset was assumed among those sharing it, and how to choose another.
     A file no architecture fits entirely raises CheckpointError naming the closest one."""
@@ -144,7 +143,7 @@ def detect_preset(source: Union[str, Path, Header, dict]) -> tuple[str, str]:
         raise CheckpointError(
             f"{filename or 'this file'} matches no release architecture (closest: {arch.label}, "
             f"preset {arch.presets[0]}, {best_score:.0%} of its probes)",
-            f"pass -p with the preset it was made from (gm download --list shows them)")
+            "pass -p with the preset it was made from (gm download --list shows them)")
     named = _by_name(arch, filename) if filename else None
     chosen = named or arch.presets[0]
     if len(arch.presets) == 1:

@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900 tests
 
 demo: $(STAMP)
-	@echo "gm: training presets/digits-demo.toml (synthetic digits, no download; progress below, about 10 min on 2 CPU cores)"
+	@echo "gm: training presets/digits-demo.toml: 1000 steps on synthetic digits, one CPU thread, no download (progress below)"
 	$(BIN)/gm train digits-demo
 
 lint: $(STAMP)

@@ -47,9 +47,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--competitor", choices=["both", "no", "yes"], default="both")
     args = parser.parse_args()
+    modes = {"both": (False, True), "no": (False,), "yes": (True,)}[args.competitor]
     print(f"cores usable: {len(os.sched_getaffinity(0))}, steps: {args.steps}")
-    for busy in (False, True):
+    for busy in modes:
         for threads in args.threads:
             rate, wall, load = run(threads, args.steps, busy)
             print(f"threads {threads}  competitor {'yes' if busy else 'no '}  load {load:4.1f}  "

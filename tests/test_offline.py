@@ -41,7 +41,8 @@ def test_rembg_uses_the_verified_model_without_network(tmp_path: Path, monkeypat
     fake = hub.Item("rembg-u2net", "aux", (hub.RemoteFile("u2net.onnx", md5=hashlib.md5(model).hexdigest()),))
     monkeypatch.setattr(hub, "AUX", (fake,))
     for name in ("U2NET_HOME", "REMBG_HOME"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that what rembg_model_dir sets is undone afterwards
+        monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     folder = tmp_path / "data" / "rembg" / "models" / "u2net"
     folder.mkdir(parents=True)

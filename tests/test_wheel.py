@@ -95,7 +95,8 @@ def test_wheel_installs_and_runs_outside_the_clone(tmp_path: Path) -> None:
     records = {r["name"]: r for r in map(json.loads, listed.stdout.splitlines())}
     release = {"sdxl-base-1.0", "sdxl-refiner-1.0", "sd-2.1", "sd-2.1-768", "sdxl-turbo", "sd-turbo", "svd", "svd-xt",
                "sv3d-u", "sv3d-p", "sv4d", "sv4d2", "mnist", "rembg-u2net"}
-    assert release <= set(records) and not any(r["present"] for r in records.values())
+    assert release <= set(records), sorted(records)
+    assert not [n for n, r in records.items() if r["present"]], [(n, r["path"]) for n, r in records.items() if r["present"]]
 
     # One real run: a tiny SD 2.1 preset file and its random checkpoint, made by the test venv.
     from gm import presets

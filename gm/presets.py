@@ -21,13 +21,14 @@ from typing import Any, Literal
 
 from gm.config import convert, from_dict, to_dict
 from gm.errors import OverrideError, PresetError
+from gm.resources import preset_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESET_DIR = preset_dir()  # presets/ in a clone, gm/_presets when installed
 Family = Literal["image", "video", "orbit", "video4d", "train"]
 
 

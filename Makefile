@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml setup.py
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "gm: [3/3] installing gm and its dependencies (the first time downloads torch, ~1 GB: minutes)"
 	@$(BIN)/python -m pip install --progress-bar on -e '.[test]' | grep -v '^Requirement already satisfied' || true
+	@echo "gm: test oracle k-diffusion (without its pins; see pyproject.toml)"
+	@$(BIN)/python -m pip install --quiet --no-deps 'k-diffusion>=0.1.1'
 	@$(BIN)/python -c "import gm.commands.app" || { echo "gm: install failed (see above)"; exit 1; }
 	@touch $(STAMP)
 	@echo "gm: installed; the command is $(BIN)/gm"

@@ -96,3 +96,43 @@ def test_out_that_cannot_be_made_fails_before_loading(command: list[str], image:
     r = CliRunner().invoke(app, argv)
     assert r.exit_code == 2 and r.output.strip() == (f"gm: error: cannot create output folder {blocker / 'sub'}: "
                                                      "Not a directory (pick another --out)"), r.output
+
+
+@pytest.mark.parametrize(("table", "problem"), [
+    ([1, 2], "(a list)"),
+    ({"w": {"dtype": "F32", "shape": [2]}}, "tensor 'w': data_offsets None is not [begin, end]"),
+    ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, "tensor 'w': unknown dtype 'Q4'"),
+    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "tensor 'w': shape [-2] is not a list of sizes"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, "data_offsets [8, 0] is not [begin, end]"),
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "data_offsets span 8 bytes, its F32 shape [3] needs 12"),
+])
+def test_checkpoint_header_must_be_a_tensor_table(table: object, problem: str, tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from gm.checkpoint import read_header
+    from gm.errors import CheckpointError, explain
+
+    path = tmp_path / "odd.safetensors"
+    header = json.dumps(table).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(CheckpointError) as err:
+        read_header(path)
+    assert str(err.value).startswith(f"{path}: safetensors header is JSON but not a tensor table ") and problem in str(err.value)
+    assert explain(err.value) is err.value
+
+
+def test_checkpoint_header_offsets_beyond_the_file_are_truncation(tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from gm.checkpoint import read_header
+    from gm.errors import CheckpointError
+
+    path = tmp_path / "short.safetensors"
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(CheckpointError, match=r"truncated \(8 bytes missing of"):
+        read_header(path)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    assert read_header(path) == {"w": ("F32", (4,))}

@@ -170,3 +170,23 @@ def test_sigterm_during_txt2img_exits_143_and_leaves_no_folder(checkpoints: Path
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Traceback" not in err and not out.exists() and not out.parent.exists()
+
+
+@pytest.mark.parametrize("command", ["img2vid-mp4", "orbit"])
+def test_nan_weights_are_an_error_and_write_nothing(command: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file, save_file
+
+    name = "tiny-svd" if command.startswith("img2vid") else "tiny-sv3d-u"
+    path = make_checkpoint(presets.load(str(PRESETS / f"{name}.toml")), tmp_path / "ckpt")
+    state = load_file(str(path))
+    key = next(k for k in state if k.startswith("model.diffusion_model.out."))
+    state[key] = state[key].clone().fill_(float("nan"))
+    save_file(state, str(path))
+    monkeypatch.setenv("GM_CHECKPOINTS", str(tmp_path / "ckpt"))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, argv(command, out, tmp_path))
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert "produced NaN or infinite values, so nothing was written" in lines[0], r.output
+    assert not out.exists()

@@ -20,7 +20,8 @@ from gm.diffusion.denoiser import Cond
 from gm.errors import GmError, UsageError
 from gm.models.build import Engine
 from gm.pipelines.common import Runtime, on_device
-from gm.presets import MAX_SIDE, Preset
+from gm.preset_numbers import MAX_SIDE
+from gm.presets import Preset
 
 # The SDXL demo's resolution table (W, H) at 1024^2 pixels (scripts/demo/streamlit_helpers.py).
 SDXL_SIZES: tuple[tuple[int, int], ...] = (

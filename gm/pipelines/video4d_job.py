@@ -9,7 +9,8 @@ import numpy as np
 
 from gm.errors import UsageError
 from gm.pipelines.video4d_camera import sv4d2_camera, sv4d_camera
-from gm.presets import MAX_SIDE, Preset
+from gm.preset_numbers import MAX_SIDE
+from gm.presets import Preset
 
 
 @dataclass(frozen=True)

@@ -212,3 +212,23 @@ def test_vae_dtype_is_written_into_the_preset(gm) -> None:
     result = gm("txt2img", "a fox", "--vae-dtype", "bf16", "--show-preset")
     assert result.exit_code == 0, result.output
     assert 'vae_dtype = "bf16"' in result.stdout
+
+
+def test_kept_engines_are_keyed_by_their_addons(files: dict[str, Path], monkeypatch) -> None:
+    """A process that keeps engines loaded never hands a LoRA-merged engine to a run without it."""
+    from gm.addons import Addons, info
+    from gm.device import runtime_for
+
+    monkeypatch.setenv("GM_CHECKPOINTS", str(files["ckpt"]))
+    preset = presets.load(BASE)
+    runtime = runtime_for(preset.perf, "cpu")
+    loader.keep_loaded(True)
+    try:
+        plain = loader.load(preset, runtime)
+        styled = loader.load(preset, runtime, addons=Addons((("style", 0.8),)))
+        assert styled is not plain and styled is loader.load(preset, runtime, addons=Addons((("style", 0.8),)))
+        assert loader.load(preset, runtime, addons=Addons((("style", 0.5),))) is not styled
+        assert plain is loader.load(preset, runtime) and info(plain).loras == []
+        assert info(styled).loras[0]["scale"] == 0.8
+    finally:
+        loader.keep_loaded(False)

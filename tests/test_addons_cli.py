@@ -232,3 +232,18 @@ def test_kept_engines_are_keyed_by_their_addons(files: dict[str, Path], monkeypa
         assert info(styled).loras[0]["scale"] == 0.8
     finally:
         loader.keep_loaded(False)
+
+
+def test_vae_dtype_fp16_with_an_external_vae(gm, files: dict[str, Path], monkeypatch) -> None:
+    """--vae-dtype fp16 loads the --vae file in fp16 and decodes in fp16: close to the fp32 decode."""
+    from gm.pipelines import common
+
+    dtypes = []
+    original = common.tiling.should_tile
+    monkeypatch.setattr(common.tiling, "should_tile", lambda mode, h, w, dtype, *a, **k: dtypes.append(dtype) or
+                        original(mode, h, w, dtype, *a, **k))
+    full, _, _ = _image(gm("txt2img", "a fox", "--vae", str(files["vae"]), "-o", "a"))
+    half, _, record = _image(gm("txt2img", "a fox", "--vae", str(files["vae"]), "--vae-dtype", "fp16", "-o", "b"))
+    assert dtypes == [torch.float32, torch.float16]
+    assert record["preset"]["perf"]["vae_dtype"] == "fp16" and record["vae"]["layout"] == "single-file"
+    assert np.abs(full.astype(int) - half.astype(int)).max() <= 3

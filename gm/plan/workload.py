@@ -202,12 +202,12 @@ def workload_for(preset: Any, height: int | None = None, width: int | None = Non
     (Turbo) or a vanilla scale of 1."""
     d = preset.defaults
     h, w = height or d.height, width or d.width
-    n = frames or d.frames
+    n = frames or getattr(d, "frames", 1)  # image presets have no frames
     guider = preset.guider
     if cfg is None:
         cfg = guider.kind != "identity" and not (guider.kind == "vanilla" and guider.scale == 1.0)
     steps = steps or preset.sampler.steps
-    if d.window_frames and d.views:
+    if getattr(d, "window_frames", 0) and getattr(d, "views", 0):
         return Workload(h, w, frames=d.window_frames * d.views, batch=batch, cfg=cfg, steps=steps,
                         decode_total=n * d.views * batch)
     return Workload(h, w, frames=max(1, n), batch=batch, cfg=cfg, steps=steps)

@@ -87,8 +87,8 @@ def planned(common: Common, targets: list[Any]) -> tuple[Common, Any]:
     plans = _plans(common, targets, kind, budget)
     for plan in plans:
         for note in plan.notes:
-            console.log(f"memory plan ({budget / GB:.1f} GB): {note}")
-    console.log(f"memory plan: peak {max(p.peak for p in plans) / GB:.2f} GB of {budget / GB:.1f} GB")
+            console.log(f"memory plan ({budget / GB:.3g} GB): {note}")
+    console.log(f"memory plan: peak {max(p.peak for p in plans) / GB:.3g} GB of {budget / GB:.3g} GB")
     if any(p.settings.two_pass_cfg for p in plans):
         use_two_pass_cfg()  # this command run's context only (commands._common.command)
     if any(p.settings.staging for p in plans) and not common.low_vram:

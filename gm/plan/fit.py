@@ -141,7 +141,7 @@ def describe(planner: Planner, base: Settings, s: Settings) -> list[str]:
     if s.encode_chunk is not None and s.encode_chunk != base.encode_chunk:
         out.append(f"VAE-encode {s.encode_chunk} frame(s) per call")
     if s.two_pass_cfg:
-        out.append("CFG as two passes (cond, then uncond) instead of one batch of 2")
+        out.append("CFG as two passes (uncond, then cond) instead of one batch of 2")
     if s.staging and not base.staging:
         out.append("staging: only the active phase's weights on the device (--low-vram)")
     if s.decode_tile:

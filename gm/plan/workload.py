@@ -142,7 +142,7 @@ def _extras(engine: Engine, w: Workload, rows: int, dev: torch.device) -> Cond:
 def sample_step(engine: Engine, w: Workload, cond: Cond, preset: Any, two_pass: bool,
                 dtype: torch.dtype, dev: torch.device = META) -> torch.Tensor:
     """One Euler step through the real Denoiser: CFG as one batch of 2 (the guiders' layout) or as
-    two passes (cond, then uncond with the cond output held)."""
+    two passes (one branch, then the other with the first output held)."""
     from gm.diffusion.denoiser import make_denoiser, unet_network
 
     spec = preset.denoiser

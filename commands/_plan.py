@@ -51,7 +51,8 @@ def _plans(common: Common, targets: list[Any], kind: str, budget: int | None) ->
         dtype, vae_dtype = plan_dtypes(t.preset, kind, common.dtype)
         engine = meta_engine(t.preset, dtype, vae_dtype)  # planning mutates it: its own engine
         planner = Planner(engine, t.preset, t.work, dtype=dtype, vae_dtype=vae_dtype, device=kind)
-        out.append(planner.plan(t.base) if budget is None else fit(planner, budget, t.base, tiles=()))
+        plan = planner.plan(t.base, budget)  # the run's own settings: one plan of each phase
+        out.append(plan if budget is None or plan.peak <= budget else fit(planner, budget, t.base, tiles=()))
     return out
 
 

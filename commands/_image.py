@@ -78,7 +78,7 @@ def run_images(common: Common, command: str, out: str, **options: Any) -> None:
 
         sys.stdout.write(presets.to_toml(preset))
         raise typer.Exit(0)
-    common = plan_images(common, preset, job)  # --plan prints and exits; --max-vram fits
+    common, job = plan_images(common, preset, job)  # --plan prints and exits; --max-vram fits
     run = refine if command == "refine" else txt2img
     for result in run(preset, common.runtime(preset), job):
         console.result(result.path, seed=result.seed, prompt=result.prompt)

@@ -41,7 +41,8 @@ def _budget(common: Common, kind: str) -> int | None:
     return free_memory(pick_device(common.device))
 
 
-def _plans(common: Common, targets: list[Any], kind: str, budget: int | None) -> list[Any]:
+def _plans(common: Common, targets: list[Any], kind: str, budget: int | None,
+           tiles: tuple[int, ...] = ()) -> list[Any]:
     """One plan per target: the run's own settings, or with a budget the fitter's choice."""
     from gm.pipelines.plan_job import plan_dtypes
     from gm.plan import Planner, fit, meta_engine
@@ -52,7 +53,7 @@ def _plans(common: Common, targets: list[Any], kind: str, budget: int | None) ->
         engine = meta_engine(t.preset, dtype, vae_dtype)  # planning mutates it: its own engine
         planner = Planner(engine, t.preset, t.work, dtype=dtype, vae_dtype=vae_dtype, device=kind)
         plan = planner.plan(t.base, budget)  # the run's own settings: one plan of each phase
-        out.append(plan if budget is None or plan.peak <= budget else fit(planner, budget, t.base, tiles=()))
+        out.append(plan if budget is None or plan.peak <= budget else fit(planner, budget, t.base, tiles=tiles))
     return out
 
 
@@ -70,7 +71,7 @@ def _print(plans: list[Any], json_mode: bool) -> None:
         render(plan, con)
 
 
-def planned(common: Common, targets: list[Any]) -> tuple[Common, Any]:
+def planned(common: Common, targets: list[Any], tiles: tuple[int, ...] = ()) -> tuple[Common, Any]:
     """--plan: print and exit 0. With a budget: (the Common with --low-vram if staging was chosen,
     the settings of the first target); else (common, None): the run goes on as it was."""
     from gm.pipelines.plan_job import plan_device
@@ -78,14 +79,14 @@ def planned(common: Common, targets: list[Any]) -> tuple[Common, Any]:
     kind = plan_device(common.device)
     budget = _budget(common, kind)
     if common.plan:
-        _print(_plans(common, targets, kind, budget), common.json_mode)
+        _print(_plans(common, targets, kind, budget, tiles), common.json_mode)
         raise typer.Exit(0)
     if budget is None:
         return common, None
     from gm.console import console
     from gm.diffusion.guiders import use_two_pass_cfg
 
-    plans = _plans(common, targets, kind, budget)
+    plans = _plans(common, targets, kind, budget, tiles)
     for plan in plans:
         for note in plan.notes:
             console.log(f"memory plan ({budget / GB:.3g} GB): {note}")
@@ -97,12 +98,18 @@ def planned(common: Common, targets: list[Any]) -> tuple[Common, Any]:
     return common, plans[0].settings
 
 
-def plan_images(common: Common, preset: Any, job: Any) -> Common:
-    """txt2img / refine / turbo (images decode one per call: only CFG passes and staging apply)."""
+def plan_images(common: Common, preset: Any, job: Any) -> tuple[Common, Any]:
+    """txt2img / refine / turbo: CFG passes, staging and (unless --vae-tiling off) tiled decode in
+    gm's own tile size; a chosen tiling turns --vae-tiling on for the run."""
+    from gm.diffusion.tiling import DEFAULT_TILE
     from gm.pipelines.plan_job import image_targets
 
     staging = common.low_vram or bool(preset.perf.low_vram)
-    return planned(common, image_targets(preset, job, staging))[0]
+    tiles = () if job.vae_tiling == "off" else (DEFAULT_TILE,)
+    common, chosen = planned(common, image_targets(preset, job, staging), tiles)
+    if chosen is not None and chosen.decode_tile and job.vae_tiling != "on":
+        job = dataclasses.replace(job, vae_tiling="on")
+    return common, job
 
 
 def plan_video(common: Common, preset: Any, request: Any) -> tuple[Any, Common]:

@@ -9,6 +9,7 @@ import typer
 
 from ._common import MAIN, Common, command
 from ._image import CfgOpt, NegativeOpt, OutOpt, SamplerOpt, SchedulerOpt, SeedOpt, StepsOpt, run_images
+from ._jobs import JobsOpt, batch_mode, image_jobs
 
 HELP = (
     "Refine existing images (img2img) with the SDXL refiner or another image preset.\n\n"
@@ -23,7 +24,8 @@ def register(app: typer.Typer) -> None:
     @command(app, "refine", help=HELP, preset="sdxl-refiner-1.0", preset_help="Preset name or .toml path.")
     def body(
         common: Common,
-        images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Images, folders, or - (paths on stdin).")],
+        images: Annotated[list[str] | None, typer.Argument(metavar="IMAGE...", help="Images, folders, or - (paths on "
+                                                           "stdin). Not with --jobs.", show_default=False)] = None,
         prompt: Annotated[str, typer.Option("--prompt", help="Prompt the refiner is conditioned on.",
                                             rich_help_panel=MAIN)] = "",
         negative: NegativeOpt = "",
@@ -35,7 +37,10 @@ def register(app: typer.Typer) -> None:
         cfg: CfgOpt = None,
         seed: SeedOpt = None,
         out: OutOpt = "outputs/refine",
+        jobs: JobsOpt = None,
     ) -> None:
+        if batch_mode(jobs, bool(images), "IMAGE..."):
+            return image_jobs(common, "refine", jobs, out, locals())
         from gm.io.files import expand_inputs
         from gm.io.media import IMAGE_SUFFIXES
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ._common import MAIN, SAMPLING, Common, command
+from ._jobs import JobsOpt, batch_mode, image_jobs
 from ._image import (
     CfgOpt,
     CountOpt,
@@ -35,7 +36,8 @@ def register(app: typer.Typer) -> None:
     @command(app, "txt2img", help=HELP, preset="sdxl-base-1.0", preset_help="Preset name or .toml path.")
     def body(
         common: Common,
-        prompt: Annotated[str, typer.Argument(help="What to draw (77 CLIP tokens at most; longer is cut, with a warning).")],
+        prompt: Annotated[str | None, typer.Argument(help="What to draw (77 CLIP tokens at most; longer is cut, with a "
+                                                          "warning). Not with --jobs.", show_default=False)] = None,
         negative: NegativeOpt = "",
         width: Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels, a multiple of 8 "
                                                   "(64 recommended; default: the preset's).", rich_help_panel=MAIN)] = None,
@@ -69,7 +71,10 @@ def register(app: typer.Typer) -> None:
                                                                help="Checkpoint file of the refiner.",
                                                                rich_help_panel=MAIN)] = None,
         out: OutOpt = "outputs/txt2img",
+        jobs: JobsOpt = None,
     ) -> None:
+        if batch_mode(jobs, prompt is not None, "a PROMPT"):
+            return image_jobs(common, "txt2img", jobs, out, locals())
         requires("--init-image", init_image is not None, {"--strength": strength is not None})
         requires("--refiner", refiner is not None, {"--refiner-strength": refiner_strength is not None,
                                                     "--finish/--no-finish": finish is not None,

@@ -29,7 +29,7 @@ SD21 = str(PRESETS / "tiny-sd21.toml")
 IMAGE = str(HERE / "data" / "test_image_256x144.png")
 GIF = str(HERE / "data" / "camel_small.gif")
 AZIMUTHS = [*range(17, 357, 17), 0]  # 21 views, the input last
-NAMES = ("tiny-sd21", "tiny-sdxl-turbo", "tiny-svd", "tiny-sv3d-p", "tiny-sv4d2")
+NAMES = ("tiny-sd21", "tiny-sdxl-base", "tiny-sdxl-refiner", "tiny-sdxl-turbo", "tiny-svd", "tiny-sv3d-p", "tiny-sv4d2")
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,19 @@ def test_turbo_and_refine_jobs(tmp_path: Path, loads: list[str]) -> None:
     assert code == 0, err
     same_files(tmp_path / "r" / "job-000000", tmp_path / "r1")
     assert loads == ["tiny-sdxl-turbo"] * 2 + ["tiny-sd21"] * 2
+
+
+def test_refiner_loads_once_for_lines_with_other_steps_and_cfg(tmp_path: Path, loads: list[str]) -> None:
+    base = ["--preset", str(PRESETS / "tiny-sdxl-base.toml"), "--refiner", str(PRESETS / "tiny-sdxl-refiner.toml"),
+            "--device", "cpu", "--steps", "4"]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a fox", "seed": 1},
+                                                {"prompt": "a fox", "seed": 2, "steps": 6, "cfg": 4.0}])
+    code, _, err = gm("txt2img", "--jobs", str(jobs), *base, "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    assert loads == ["tiny-sdxl-base", "tiny-sdxl-refiner"]
+    for k, args in enumerate([["--seed", "1"], ["--seed", "2", "--steps", "6", "--cfg", "4"]]):
+        assert gm("txt2img", "a fox", *base, *args, "-o", str(tmp_path / f"single{k}"))[0] == 0
+        same_files(tmp_path / "out" / f"job-{k:06d}", tmp_path / f"single{k}")
 
 
 def test_bad_lines_are_reported_before_anything_loads(tmp_path: Path, loads: list[str]) -> None:

@@ -67,13 +67,13 @@ def runtime_of(common: Common, device: str | None) -> Callable[[Any], Any]:
     return runtime
 
 
-def load_model(common: Common, preset: Any, ranks: Any, checkpoint: str | None = None) -> Any:
+def load_model(common: Common, preset: Any, ranks: Any) -> Any:
     """One gm.api.Model of `preset` for this process (the command's loader and runtime)."""
     from gm.api import Model
     from gm.loader import load
 
     runtime = runtime_of(common, ranks.device)(preset)
-    path = common.checkpoint if checkpoint is None else checkpoint
+    path = common.checkpoint
     return Model(preset, load(preset, runtime, path, common.unsafe_pickle), runtime, path, common.unsafe_pickle)
 
 
@@ -112,13 +112,12 @@ def image_jobs(common: Common, command: str, jobs: str, out: str, cli: dict[str,
     import sys
 
     from gm import presets
+    from gm.errors import UsageError
     from gm.io.files import expand_inputs
     from gm.io.media import IMAGE_SUFFIXES
+    from gm.loader import keep_loaded
     from gm.pipelines.image import refine, txt2img
     from gm.pipelines.image_job import image_job, image_preset
-
-    from gm.errors import UsageError
-    from gm.loader import keep_loaded
 
     from ._image import requires
 

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from ._common import MAIN, SAMPLING, Common, command
-from ._jobs import JobsOpt, batch_mode, image_jobs
 from ._image import (
     CfgOpt,
     CountOpt,
@@ -22,6 +21,7 @@ from ._image import (
     requires,
     run_images,
 )
+from ._jobs import JobsOpt, batch_mode, image_jobs
 
 HELP = (
     "Generate images from a prompt (SDXL base 0.9/1.0, SD 2.1 512/768).\n\n"

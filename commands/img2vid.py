@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from ._common import SAMPLING, Common, command
+from ._jobs import JobsOpt, batch_mode
+from ._jobs_video import clip_jobs
 from ._plan import plan_video
 from ._video import DecodingTOpt, FormatOpt, FpsOpt, SeedOpt, StepsOpt, VideoOutOpt, output_spec, run_clips
 
@@ -24,8 +26,8 @@ def register(app: typer.Typer) -> None:
                                        ".toml path.")
     def body(
         common: Common,
-        images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image files, folders, or - (stdin).",
-                                                    show_default=False)],
+        images: Annotated[list[str] | None, typer.Argument(metavar="IMAGE...", help="Image files, folders, or - "
+                                                           "(stdin). Not with --jobs.", show_default=False)] = None,
         frames: Annotated[int | None, typer.Option("--frames", "-n", help="Frames to generate (default: 14, XT 25).",
                                                    rich_help_panel=SAMPLING)] = None,
         steps: StepsOpt = None,
@@ -40,7 +42,10 @@ def register(app: typer.Typer) -> None:
         out: VideoOutOpt = None,
         fmt: FormatOpt = "mp4",
         fps: FpsOpt = None,
+        jobs: JobsOpt = None,
     ) -> None:
+        if batch_mode(jobs, bool(images), "IMAGE..."):
+            return clip_jobs(common, "img2vid", jobs, locals())
         from gm.pipelines.video import request_from_preset
 
         preset = common.load_preset("video", "an image-to-video model",

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from ._common import SAMPLING, Common, command
+from ._jobs import JobsOpt, batch_mode
+from ._jobs_video import clip_jobs
 from ._plan import plan_video
 from ._video import (
     DecodingTOpt,
@@ -31,8 +33,8 @@ def register(app: typer.Typer) -> None:
              preset="sv3d-u", preset_help="sv3d-u, sv3d-p, or a .toml path.")
     def body(
         common: Common,
-        images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image files, folders, or - (stdin).",
-                                                    show_default=False)],
+        images: Annotated[list[str] | None, typer.Argument(metavar="IMAGE...", help="Image files, folders, or - "
+                                                           "(stdin). Not with --jobs.", show_default=False)] = None,
         elevation: Annotated[float | None, typer.Option("--elevation", metavar="DEG",
                              help="SV3D_p: one elevation for the whole orbit (default 10).",
                              rich_help_panel=SAMPLING)] = None,
@@ -54,7 +56,10 @@ def register(app: typer.Typer) -> None:
         out: VideoOutOpt = None,
         fmt: FormatOpt = "mp4",
         fps: FpsOpt = None,
+        jobs: JobsOpt = None,
     ) -> None:
+        if batch_mode(jobs, bool(images), "IMAGE..."):
+            return clip_jobs(common, "orbit", jobs, locals())
         from gm.pipelines.video import request_from_preset
 
         preset = common.load_preset("orbit", "an orbit model", "use sv3d-u or sv3d-p")

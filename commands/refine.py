@@ -22,6 +22,7 @@ from ._image import (
     VaeTilingOpt,
     run_images,
 )
+from ._jobs import JobsOpt, batch_mode, image_jobs
 
 HELP = (
     "Refine existing images (img2img) with the SDXL refiner or another image preset.\n\n"
@@ -36,7 +37,8 @@ def register(app: typer.Typer) -> None:
     @command(app, "refine", help=HELP, preset="sdxl-refiner-1.0", preset_help="Preset name or .toml path.")
     def body(
         common: Common,
-        images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Images, folders, or - (paths on stdin).")],
+        images: Annotated[list[str] | None, typer.Argument(metavar="IMAGE...", help="Images, folders, or - (paths on "
+                                                           "stdin). Not with --jobs.", show_default=False)] = None,
         prompt: Annotated[str, typer.Option("--prompt", help="Prompt the refiner is conditioned on.",
                                             rich_help_panel=MAIN)] = "",
         negative: NegativeOpt = "",
@@ -52,7 +54,10 @@ def register(app: typer.Typer) -> None:
         vae_tiling: VaeTilingOpt = "auto",
         vae_dtype: VaeDtypeOpt = None,
         out: OutOpt = "outputs/refine",
+        jobs: JobsOpt = None,
     ) -> None:
+        if batch_mode(jobs, bool(images), "IMAGE..."):
+            return image_jobs(common, "refine", jobs, out, locals())
         from gm.io.files import expand_inputs
         from gm.io.media import IMAGE_SUFFIXES
 

@@ -8,6 +8,7 @@ import typer
 
 from ._common import MAIN, SAMPLING, Common, command
 from ._image import CountOpt, LoraOpt, OutOpt, SeedOpt, VaeDtypeOpt, VaeOpt, VaeTilingOpt, run_images
+from ._jobs import JobsOpt, batch_mode, image_jobs
 
 HELP = (
     "Generate images in 1-4 steps with SDXL-Turbo or SD-Turbo (512x512).\n\n"
@@ -20,7 +21,8 @@ def register(app: typer.Typer) -> None:
     @command(app, "turbo", help=HELP, preset="sdxl-turbo", preset_help="sdxl-turbo, sd-turbo, or a .toml path.")
     def body(
         common: Common,
-        prompt: Annotated[str, typer.Argument(help="What to draw (77 CLIP tokens at most).")],
+        prompt: Annotated[str | None, typer.Argument(help="What to draw (77 CLIP tokens at most). Not with --jobs.",
+                                                     show_default=False)] = None,
         steps: Annotated[int | None, typer.Option("--steps", help="1 to 4 (default: the preset's, 1).",
                                                   rich_help_panel=SAMPLING)] = None,
         width: Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels (default 512).",
@@ -34,6 +36,9 @@ def register(app: typer.Typer) -> None:
         vae_tiling: VaeTilingOpt = "auto",
         vae_dtype: VaeDtypeOpt = None,
         out: OutOpt = "outputs/turbo",
+        jobs: JobsOpt = None,
     ) -> None:
+        if batch_mode(jobs, prompt is not None, "a PROMPT"):
+            return image_jobs(common, "turbo", jobs, out, locals())
         run_images(common, "turbo", out, prompt=prompt, steps=steps, width=width, height=height, seed=seed, count=num,
                    lora=lora, vae=vae, vae_tiling=vae_tiling, vae_dtype=vae_dtype)

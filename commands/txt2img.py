@@ -25,6 +25,7 @@ from ._image import (
     requires,
     run_images,
 )
+from ._jobs import JobsOpt, batch_mode, image_jobs
 
 HELP = (
     "Generate images from a prompt (SDXL base 0.9/1.0, SD 2.1 512/768).\n\n"
@@ -39,7 +40,8 @@ def register(app: typer.Typer) -> None:
     @command(app, "txt2img", help=HELP, preset="sdxl-base-1.0", preset_help="Preset name or .toml path.")
     def body(
         common: Common,
-        prompt: Annotated[str, typer.Argument(help="What to draw (77 CLIP tokens at most; longer is cut, with a warning).")],
+        prompt: Annotated[str | None, typer.Argument(help="What to draw (77 CLIP tokens at most; longer is cut, with a "
+                                                          "warning). Not with --jobs.", show_default=False)] = None,
         negative: NegativeOpt = "",
         width: Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels, a multiple of 8 "
                                                   "(64 recommended; default: the preset's).", rich_help_panel=MAIN)] = None,
@@ -77,7 +79,10 @@ def register(app: typer.Typer) -> None:
         vae_tiling: VaeTilingOpt = "auto",
         vae_dtype: VaeDtypeOpt = None,
         out: OutOpt = "outputs/txt2img",
+        jobs: JobsOpt = None,
     ) -> None:
+        if batch_mode(jobs, prompt is not None, "a PROMPT"):
+            return image_jobs(common, "txt2img", jobs, out, locals())
         requires("--init-image", init_image is not None, {"--strength": strength is not None})
         requires("--refiner", refiner is not None, {"--refiner-strength": refiner_strength is not None,
                                                     "--finish/--no-finish": finish is not None,

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from ._common import MAIN, OUTPUT, PERF, SAMPLING, Common, command
+from ._jobs import JobsOpt, batch_mode
+from ._jobs_video import video4d_jobs
 from ._plan import plan_video4d
 from ._video import SeedOpt, camera_options
 
@@ -26,8 +28,8 @@ def register(app: typer.Typer) -> None:
              "SV4D 2.0).", preset="sv4d2", preset_help="sv4d2, sv4d2-8views, sv4d, or a .toml path.")
     def body(
         common: Common,
-        source: Annotated[str, typer.Argument(metavar="INPUT", help="Video, frame folder or quoted pattern.",
-                                              show_default=False)],
+        source: Annotated[str | None, typer.Argument(metavar="INPUT", help="Video, frame folder or quoted pattern. "
+                                                     "Not with --jobs.", show_default=False)] = None,
         sv3d_preset: Annotated[str, typer.Option("--sv3d-preset", help="SV4D only: sv3d-u or sv3d-p for the "
                                                  "reference views.", rich_help_panel=MAIN)] = "sv3d-u",
         sv3d_checkpoint: Annotated[str | None, typer.Option("--sv3d-checkpoint", metavar="FILE",
@@ -59,7 +61,10 @@ def register(app: typer.Typer) -> None:
                               "(0 = all; default 4).", rich_help_panel=PERF)] = None,
         out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (default "
                        "outputs/video4d/<preset>).", rich_help_panel=OUTPUT)] = None,
+        jobs: JobsOpt = None,
     ) -> None:
+        if batch_mode(jobs, source is not None, "an INPUT"):
+            return video4d_jobs(common, jobs, locals())
         from pathlib import Path
 
         from gm.console import console

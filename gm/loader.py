@@ -80,7 +80,10 @@ def load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None = None,
     apply the runtime's memory layout and --compile."""
     if _kept is None:
         return _load(preset, runtime, checkpoint, unsafe_pickle, addons)
-    key = (json.dumps(preset.to_dict(), sort_keys=True, default=str), runtime, str(checkpoint), unsafe_pickle,
+    # Keyed by what builds the engine: sampling tables (steps, sampler, CFG, default seed and size)
+    # differ between the jobs of a batch but never change the weights.
+    tables = {k: v for k, v in preset.to_dict().items() if k not in ("sampler", "guider", "defaults")}
+    key = (json.dumps(tables, sort_keys=True, default=str), runtime, str(checkpoint), unsafe_pickle,
            _addons_key(addons))
     if key not in _kept:
         _kept[key] = _load(preset, runtime, checkpoint, unsafe_pickle, addons)

@@ -170,13 +170,15 @@ class Sampler4D:
 
 
 def sv3d_reference_views(request: Video4DRequest, runtime_of, frame0: torch.Tensor,
-                         sv3d: Preset, checkpoint: str | Path | None, unsafe_pickle: bool = False) -> torch.Tensor:
-    """SV3D orbit of frame 0 (in [-1, 1], as prepared), rolled so the input comes first: (21, 3, H, W)."""
+                         sv3d: Preset, checkpoint: str | Path | None, unsafe_pickle: bool = False,
+                         engine: Engine | None = None) -> torch.Tensor:
+    """SV3D orbit of frame 0 (in [-1, 1], as prepared), rolled so the input comes first: (21, 3, H, W);
+    `engine`: SV3D already loaded (a batch of jobs), else it is loaded here."""
     from gm.pipelines.orbit import run_orbit
     from gm.pipelines.video import request_from_preset
 
     runtime = runtime_of(sv3d)
-    engine = load(sv3d, runtime, checkpoint, unsafe_pickle)
+    engine = engine if engine is not None else load(sv3d, runtime, checkpoint, unsafe_pickle)
     orbit_req = request_from_preset(sv3d, frames=21, steps=request.steps, seed=request.seed,
                                     cond_aug=1e-5, decoding_t=request.decoding_t)
     frames = run_orbit(engine, sv3d, runtime, frame0[None], orbit_req,
@@ -219,20 +221,22 @@ def run_sv4d2(s: Sampler4D, img: torch.Tensor, overall) -> None:
 
 def video4d(preset: Preset, runtime_of, request: Video4DRequest, out_dir: Path,
             checkpoint: str | None = None, sv3d_checkpoint: str | None = None,
-            engine: Engine | None = None, unsafe_pickle: bool = False) -> list[Path]:
+            engine: Engine | None = None, unsafe_pickle: bool = False,
+            sv3d_engine: Engine | None = None) -> list[Path]:
     """The whole `gm video4d` run: `render`, then write every video under one number. The files are
     written only when all sampling is done (a failed run leaves none). Returns the written files
     (process_input, [t000], v001..., [diag], grid)."""
     writer = Writer(out_dir, preset, request)
-    videos = render(preset, runtime_of, request, checkpoint, sv3d_checkpoint, engine, unsafe_pickle)
+    videos = render(preset, runtime_of, request, checkpoint, sv3d_checkpoint, engine, unsafe_pickle, sv3d_engine)
     return [writer.video(tag, pixels) for tag, pixels in videos.items()]
 
 
 def render(preset: Preset, runtime_of, request: Video4DRequest, checkpoint: str | None = None,
            sv3d_checkpoint: str | None = None, engine: Engine | None = None,
-           unsafe_pickle: bool = False) -> dict[str, np.ndarray]:
+           unsafe_pickle: bool = False, sv3d_engine: Engine | None = None) -> dict[str, np.ndarray]:
     """Every video of a run as watermarked uint8 frames (N, H, W, 3) by tag; `runtime_of(preset)`
-    decides device/dtype per model, `engine` is an already loaded SV4D-family model. Every option,
+    decides device/dtype per model, `engine` is an already loaded SV4D-family model (`sv3d_engine`
+    the SV3D one). Every option,
     input and checkpoint is checked before anything runs."""
     polars, azimuths = check_request(preset, request)
     sv4d = is_sv4d(preset)
@@ -252,7 +256,8 @@ def render(preset: Preset, runtime_of, request: Video4DRequest, checkpoint: str 
         len(sv4d2_window_starts(request.frames, preset.defaults.window_frames, views))
     with console.task(f"{preset.name} overall", total=passes + (1 if sv4d else 0), unit="pass") as overall:
         if sv3d is not None:
-            img[0] = sv3d_reference_views(request, runtime_of, motion[0], sv3d, sv3d_path, unsafe_pickle)[list(SV4D_SUBSET)]
+            img[0] = sv3d_reference_views(request, runtime_of, motion[0], sv3d, sv3d_path, unsafe_pickle,
+                                          sv3d_engine)[list(SV4D_SUBSET)]
             videos["t000"] = img[0].clone()  # the dense pass overwrites t = 0
             overall.advance()
         runtime = runtime_of(preset)

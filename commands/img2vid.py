@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         common: Common,
         images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image files, folders, or - (stdin).",
                                                     show_default=False)],
-        frames: Annotated[int | None, typer.Option("--frames", "-n", help="Frames to generate (default: 14, XT 25).",
+        frames: Annotated[int | None, typer.Option("--frames", help="Frames to generate (default: 14, XT 25).",
                                                    rich_help_panel=SAMPLING)] = None,
         steps: StepsOpt = None,
         fps_id: Annotated[int | None, typer.Option("--fps-id", help="Frame-rate conditioning (default 6).",

@@ -47,6 +47,7 @@ from gm.pipelines.common import (
     sigmas_for,
     weight_bytes,
 )
+from gm.pipelines.seeds import resolve_seed
 from gm.presets import Preset
 
 # Peak bytes per output pixel of one frame in the fp32 temporal VAE decoder: measured 3590 B/px on
@@ -73,14 +74,15 @@ class VideoRequest:
 
 
 def request_from_preset(preset: Preset, frames: int | None = None, steps: int | None = None,
-                        seed: int | None = None, cond_aug: float | None = None, decoding_t: int | None = None,
+                        seed: int | str | None = None, cond_aug: float | None = None, decoding_t: int | None = None,
                         fps_id: int | None = None, motion_bucket_id: int | None = None) -> VideoRequest:
-    """Command-line values over the preset's defaults, checked (frames >= 1, steps >= 1, ...)."""
+    """Command-line values over the preset's defaults, checked (frames >= 1, steps >= 1, ...); the
+    seed as gm.pipelines.seeds resolves it (None or -1: a fresh one, "preset": the preset's)."""
     d = preset.defaults
     req = VideoRequest(
         frames=d.frames if frames is None else frames,
         steps=preset.sampler.steps if steps is None else steps,
-        seed=d.seed if seed is None else seed,
+        seed=resolve_seed(seed, d.seed),
         cond_aug=d.cond_aug if cond_aug is None else cond_aug,
         decoding_t=preset.perf.decoding_t if decoding_t is None else decoding_t,
         fps_id=getattr(d, "fps_id", 6) if fps_id is None else fps_id,  # orbit presets have none (unused)

@@ -63,6 +63,7 @@ from gm.pipelines.image_cond import (
 )
 from gm.pipelines.image_input import input_prompt, load_image, native_size
 from gm.pipelines.image_job import ImageJob, RefinerPlan, check_strength
+from gm.pipelines.seeds import announce
 from gm.presets import Preset
 
 
@@ -245,6 +246,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
                              "give the base and the refiner the same discretization (--set sampler.discretization=...)")
     if refiner is not None:  # a missing or mismatched refiner file fails before the base samples, not after
         check_file(refiner.preset, refiner.checkpoint, job.unsafe_pickle)
+    announce(job.seed, job.seed_drawn)
     engine = _engine(model, preset, runtime, job)
     negative = _negative_for(preset, job.negative)
     spec = TextCondition(job.prompt, negative, height, width,
@@ -314,6 +316,7 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Itera
     check_strength(job.strength, "--strength")
     sizes = [native_size(p) for p in job.init_images]  # reads every input first: bad files fail early
     prompts = [input_prompt(path, job) for path in job.init_images]
+    announce(job.seed, job.seed_drawn)
     engine = _engine(model, preset, runtime, job)
     sigmas = _img2img(sigmas_for(preset.sampler), job.strength, "--strength")
     denoisers: dict[tuple[int, int, str, str], Callable[[int], Denoise]] = {}

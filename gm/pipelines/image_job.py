@@ -13,7 +13,7 @@ from gm import presets
 from gm.diffusion.recipe import check_names
 from gm.diffusion.schedules import TURBO_INDICES
 from gm.errors import UsageError
-from gm.pipelines.seeds import resolve_seed
+from gm.pipelines.seeds import is_random, resolve_seed
 from gm.presets import Preset
 
 
@@ -48,6 +48,7 @@ class ImageJob:
     batch_size: int = 1  # images per sampler call (image k still draws its noise from seed + k)
     prompt_from_inputs: bool = False  # gm refine without --prompt: each input's own metadata
     negative_from_inputs: bool = False
+    seed_drawn: bool = False  # the seed was drawn (no --seed): said on stderr when the run starts
 
 
 def effective_preset(preset: Preset, steps: int | None = None, sampler: str | None = None, cfg: float | None = None,
@@ -115,5 +116,6 @@ def image_job(preset: Preset, command: Literal["txt2img", "refine", "turbo"], *,
                    width=width, height=height, aspect=aspect, init_images=tuple(Path(p) for p in init_images),
                    strength=default_strength if strength is None else strength, refiner=plan,
                    checkpoint=checkpoint, unsafe_pickle=unsafe_pickle, batch_size=min(batch_size, max(count, 1)),
-                   prompt_from_inputs=from_inputs, negative_from_inputs=from_inputs and negative is None)
+                   prompt_from_inputs=from_inputs, negative_from_inputs=from_inputs and negative is None,
+                   seed_drawn=is_random(seed))
     return chosen, job

@@ -1,9 +1,9 @@
 """Which seed a run uses: the one the user fixed, the preset's documented one, or a fresh draw.
 
 Every generating command and `gm.api` method resolves its seed here, so they agree: no seed (None)
-or -1 draws a fresh one (printed on stderr and recorded in every output, so any output can be
-re-made with `--seed N`); `preset` takes the seed the preset documents (the reference demo's);
-any other negative number is a usage error.
+or -1 draws a fresh one (recorded in every output, so any output can be re-made with `--seed N`, and
+printed on stderr by `announce` once the run's checks have passed); `preset` takes the seed the preset
+documents (the reference demo's); any other negative number is a usage error.
 """
 
 from __future__ import annotations
@@ -40,17 +40,24 @@ def parse_seed(value: int | str | None) -> int | str | None:
         raise UsageError(f"--seed {value!r} is not a number", SEED_HINT) from None
 
 
-def resolve_seed(value: int | str | None, preset_seed: int, *, announce: bool = True) -> int:
-    """The seed to run with: `value` (an int, a numeric string, `preset`, or None / -1 = random).
-    A drawn seed is logged as "seed N" unless `announce` is False (the caller logs it itself)."""
+def is_random(value: int | str | None) -> bool:
+    """Does `value` ask for a fresh seed (None, -1, "random")?"""
+    return parse_seed(value) in (None, RANDOM)
+
+
+def announce(seed: int, drawn: bool) -> None:
+    """Say a drawn seed on stderr ("seed N"), so the run can be repeated; a given one is not repeated."""
+    if drawn:
+        console.log(f"seed {seed}")
+
+
+def resolve_seed(value: int | str | None, preset_seed: int) -> int:
+    """The seed to run with: `value` (an int, a numeric string, `preset`, or None / -1 = random)."""
     value = parse_seed(value)
     if value == PRESET:
         return preset_seed
     if value is None or value == RANDOM:
-        seed = draw_seed()
-        if announce:
-            console.log(f"seed {seed}")
-        return seed
+        return draw_seed()
     assert isinstance(value, int)
     if not 0 <= value < 2**64:
         raise UsageError(f"--seed must be in [0, 2^64) or -1 (random), got {value}", SEED_HINT)

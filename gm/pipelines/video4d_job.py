@@ -79,7 +79,7 @@ def video4d_request(preset: Preset, source: str, *, frames: int | None = None, s
         source=source,
         frames=d.frames if frames is None else frames,
         steps=preset.sampler.steps if steps is None else steps,
-        seed=resolve_seed(seed, d.seed, announce=False),
+        seed=resolve_seed(seed, d.seed),
         size=d.height if size is None else size,
         frame_ratio=d.image_frame_ratio if frame_ratio is None else frame_ratio,
         elevations=d.elevation_deg if elevations is None else

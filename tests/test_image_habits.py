@@ -237,3 +237,17 @@ def test_api_seed_none_is_random_and_kept_in_last_seed(checkpoints: Path) -> Non
     assert m.last_seed == seed
     assert (first[0] - again[0]).abs().max() <= 1 / 255 + 1e-6  # batched: equal up to one 8-bit level
     assert m.txt2img("a cat", steps=1, seed="preset", tensors=True) and m.last_seed == 42
+
+
+def test_batch_through_img2img_and_the_refiner(gm, tmp_path: Path) -> None:
+    """--batch-size also batches the img2img start (posterior sample + renoise per image) and the refiner."""
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(init)
+    args = ("txt2img", "a fox", "-p", BASE, "--init-image", str(init), "--strength", "0.5", "--steps", "4",
+            "--refiner", REFINER, "--no-finish", "-n", "2", "--seed", "5", "--quiet")
+    one = gm(*args, "-o", str(tmp_path / "one")).stdout.split()
+    batched = gm(*args, "--batch-size", "2", "-o", str(tmp_path / "batched")).stdout.split()
+    assert len(one) == len(batched) == 2
+    for a, b in zip(one, batched, strict=True):
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1
+    assert not np.array_equal(pixels(batched[0]), pixels(batched[1]))

@@ -8,7 +8,7 @@ bias 0, so activations keep their scale through 70 transformer blocks. The value
 (nothing stays on meta) and identical for gm and the peer, which share the storages.
 
 `write_random_checkpoint` streams a released-layout `.safetensors` file tensor by tensor from a
-manifest (../shared/manifests/*.json), never holding more than one tensor in RAM.
+manifest (tests/manifests/*.json), never holding more than one tensor in RAM.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from commands._common import MAIN, DebugOpt, JsonOpt, QuietOpt, run
+from ._common import MAIN, DebugOpt, JsonOpt, QuietOpt, run
 
 HELP = """Check images and videos for the invisible watermark that SDXL, SVD and gm embed.
 

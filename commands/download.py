@@ -1,4 +1,4 @@
-"""`gm download`: fetch checkpoints, datasets and auxiliary models (REFERENCE.md §7); --list shows them."""
+"""`gm download`: fetch checkpoints, datasets and auxiliary models (sources: docs/reference.md); --list shows them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from commands._common import MAIN, OUTPUT, DebugOpt, JsonOpt, QuietOpt, run
+from ._common import MAIN, OUTPUT, DebugOpt, JsonOpt, QuietOpt, run
 
 if TYPE_CHECKING:
     from gm.hub import Item, Status
@@ -15,11 +15,13 @@ HELP = """Fetch checkpoints (by preset name), datasets (mnist, cifar10) and auxi
 (rembg-u2net, rembg-bria: background removal for orbit/video4d; sdxl-vae, clip-vit-large-patch14:
 the frozen parts of the latent training presets), then verify them.
 
-Checkpoints come from the Hugging Face Hub into --dir, else $GM_CHECKPOINTS, else ./checkpoints
-(HF_ENDPOINT and HF_TOKEN are honoured; gated repositories need their licence accepted on the
-Hub and HF_TOKEN set). Datasets go to $GM_DATA/NAME or ./.data/NAME, rembg models to rembg's
-own folder ($U2NET_HOME, $REMBG_HOME or ~/.rembg); GM_DATA_MIRROR replaces the base URL of
-those. Files are checked against their sha256/md5 before they get their final name.
+Checkpoints come from the Hugging Face Hub into the Hugging Face cache (HF_HOME, HF_HUB_CACHE;
+shared with diffusers and other Hub tools), or into --dir. A checkpoint gm already finds (in the
+cache, a $GM_CHECKPOINTS folder or ./checkpoints, subfolders included) is not fetched again.
+HF_ENDPOINT and HF_TOKEN are honoured; gated repositories need their licence accepted on the Hub
+and HF_TOKEN set. Datasets go to $GM_DATA/NAME or ./.data/NAME, rembg models to rembg's own
+folder ($U2NET_HOME, $REMBG_HOME or ~/.rembg); GM_DATA_MIRROR replaces the base URL of those.
+Files are checked against their sha256/md5 before they are used.
 
 Examples: gm download sdxl-base-1.0 · gm download mnist cifar10 · gm download --list
 """
@@ -55,6 +57,7 @@ def download(names: list[str], dest: str | None, verify: bool, force: bool, show
     from gm import hub
     from gm.console import console
     from gm.errors import GmError, UsageError
+    from gm.hub_fetch import download_item
 
     if show:
         items = [hub.find_item(n) for n in names] if names else hub.catalogue()
@@ -68,14 +71,14 @@ def download(names: list[str], dest: str | None, verify: bool, force: bool, show
     failed = 0
     for item in items:
         try:
-            present = hub.status(item, dest).present
-            if not present or force:
-                paths = hub.download_item(item, dest, force)
+            state = hub.status(item, dest)
+            if not state.present or force:
+                paths = download_item(item, dest, force)
             else:
-                folder = hub.destination(item, dest)
-                paths = [folder / item.extract] if item.extract else [folder / f.name for f in item.files]
+                paths = [state.folder / item.extract] if item.extract else list(state.paths)
                 if not verify:
-                    console.log(f"{item.name}: already present (use --verify to re-hash, --force to fetch again)")
+                    where = ", ".join(str(p) for p in paths)
+                    console.log(f"{item.name}: already present at {where} (--verify re-hashes, --force fetches again)")
             if verify:
                 verify_item(item, dest)
             state = hub.status(item, dest)
@@ -91,8 +94,7 @@ def verify_item(item: Item, dest: str | None) -> None:
     from gm import hub
     from gm.console import console
 
-    folder = hub.destination(item, dest)
-    total = sum((folder / f.name).stat().st_size for f in item.files if (folder / f.name).is_file())
+    total = sum(p.stat().st_size for p in hub.status(item, dest).paths)
     with console.task(f"verify {item.name}", total=total / 1e6, unit="MB") as bar:
         checked = hub.verify(item, dest, lambda n: bar.advance(n / 1e6))
     if checked:

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         frames: Annotated[int | None, typer.Option("--frames", help="Frames to generate (default: 14, XT 25).",
                                                    rich_help_panel=SAMPLING)] = None,
         steps: StepsOpt = None,
-        fps_id: Annotated[int | None, typer.Option("--fps-id", help="Frame-rate conditioning (default 6).",
+        fps_id: Annotated[int | None, typer.Option("--fps-id", help="Frame-rate conditioning, 0-239 (default 6).",
                                                    rich_help_panel=SAMPLING)] = None,
         motion_bucket_id: Annotated[int | None, typer.Option(
             "--motion-bucket-id", help="Amount of motion, 0-255 (default 127).", rich_help_panel=SAMPLING)] = None,

@@ -7,7 +7,19 @@ from typing import Annotated
 import typer
 
 from ._common import MAIN, SAMPLING, Common, command
-from ._image import BatchSizeOpt, CountOpt, InitImageOpt, OutOpt, SeedOpt, requires, run_images
+from ._image import (
+    BatchSizeOpt,
+    CountOpt,
+    InitImageOpt,
+    LoraOpt,
+    OutOpt,
+    SeedOpt,
+    VaeDtypeOpt,
+    VaeOpt,
+    VaeTilingOpt,
+    requires,
+    run_images,
+)
 
 HELP = (
     "Generate images in 1-4 steps with SDXL-Turbo or SD-Turbo (512x512).\n\n"
@@ -35,9 +47,13 @@ def register(app: typer.Typer) -> None:
         seed: SeedOpt = None,
         num: CountOpt = 1,
         batch_size: BatchSizeOpt = 1,
+        lora: LoraOpt = None,
+        vae: VaeOpt = None,
+        vae_tiling: VaeTilingOpt = "auto",
+        vae_dtype: VaeDtypeOpt = None,
         out: OutOpt = "outputs/turbo",
     ) -> None:
         requires("--init-image", init_image is not None, {"--strength": strength is not None})
         run_images(common, "turbo", out, prompt=prompt, steps=steps, width=width, height=height, seed=seed, count=num,
                    batch_size=batch_size, init_images=(init_image,) if init_image is not None else (),
-                   strength=strength)
+                   strength=strength, lora=lora, vae=vae, vae_tiling=vae_tiling, vae_dtype=vae_dtype)

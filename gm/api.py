@@ -42,6 +42,7 @@ class Model(ModelBase):
     """What `gm.load` returns: loaded once, used for many calls."""
 
     last_seed: int | None = None  # the (first) seed of the latest call
+
     def _image(self, command: str, prompt: str, options: dict[str, Any], tensors: bool, save: bool,
                out: str | Path | None) -> list[Any]:
         from gm.pipelines.image import refine, txt2img
@@ -50,7 +51,8 @@ class Model(ModelBase):
         init = options.pop("init_image", None)
         images = tuple(Path(p) for p in ([init] if isinstance(init, (str, Path)) else (init or ())))
         preset, job = image_job(self.preset, command, prompt=prompt, count=options.pop("n", 1),  # type: ignore[arg-type]
-                                init_images=images, out_dir=_out_dir(command, save, out), **options)
+                                init_images=images, out_dir=_out_dir(command, save, out),
+                                vae_tiling=self.vae_tiling, **options)
         self.last_seed = job.seed
         run = refine if command == "refine" else txt2img
         return [_as(r.pixels, tensors) for r in run(preset, self.runtime, job, model=self)]

@@ -1,9 +1,9 @@
 """Released .safetensors -> modules: find the file, check it, mmap it into a meta-built model.
 
 The reference loads every checkpoint non-strictly (`strict` off) and only prints what
-did not match (REFERENCE.md §8 item 1). Here loading is strict: the file's tensor names and
+did not match (docs/reference.md, "Where gm differs", item 1). Here loading is strict: the file's tensor names and
 shapes are compared with the model's before anything is read, and any difference is one error
-naming the preset, the file and the first offending tensors. Modules are built on the `meta`
+naming the preset, the file, the preset the file does fit (gm.detect) and a few offending tensors. Modules are built on the `meta`
 device; tensors are read through safetensors' mmap straight to the target device and dtype
 and attached with `load_state_dict(assign=True)`: no random init, no second copy in RAM.
 """
@@ -11,7 +11,8 @@ and attached with `load_state_dict(assign=True)`: no random init, no second copy
 from __future__ import annotations
 
 import json
-import os
+import math
+import re
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,7 +21,7 @@ from gm.errors import CheckpointError
 from gm.presets import Preset, available
 
 # LDM-era SD 2.x files keep the OpenCLIP text encoder under its old attribute name. This is
-# the one key-layout rename gm needs (see ../shared/manifests/README.md).
+# the one key-layout rename gm needs (tests/manifests/README.md, "LDM layout vs sgm layout").
 LDM_RENAMES = (("cond_stage_model.model.", "conditioner.embedders.0.model."),)
 # DDPM schedule buffers that LDM files carry and sgm recomputes.
 LDM_SCHEDULE_BUFFERS = frozenset(
@@ -31,53 +32,68 @@ LDM_SCHEDULE_BUFFERS = frozenset(
         "posterior_mean_coef1", "posterior_mean_coef2", "model_ema.decay", "model_ema.num_updates",
     }
 )
-_SHOW = 5  # offending names shown per category
+_SHOW = 2  # offending names shown per category (the counts say the rest)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-def search_locations(preset: Preset, explicit: str | Path | None = None) -> list[Path]:
-    """Where the checkpoint of `preset` is looked for, in order."""
-    if explicit:
-        return [Path(explicit).expanduser()]
-    assert preset.checkpoint is not None
-    name = preset.checkpoint.file
-    places = []
-    if os.environ.get("GM_CHECKPOINTS"):
-        places.append(Path(os.environ["GM_CHECKPOINTS"]).expanduser() / name)
-    places.append(Path.cwd() / "checkpoints" / name)
-    return places
-
-
 def find_checkpoint(preset: Preset, explicit: str | Path | None = None) -> Path:
-    """The checkpoint file of `preset`: --checkpoint, $GM_CHECKPOINTS, ./checkpoints, the HF cache."""
-    if preset.checkpoint is None:
-        raise CheckpointError(f"preset '{preset.name}' names no checkpoint file")
-    places = search_locations(preset, explicit)
-    for path in places:
+    """The checkpoint of `preset`: --checkpoint (a path, or a file name/stem found in the checkpoint
+    folders), else the release file by name in $GM_CHECKPOINTS / ./checkpoints (recursively) or
+    in the Hugging Face cache (gm.locate)."""
+    from gm import locate
+
+    if explicit:
+        path = Path(explicit).expanduser()
         if path.is_file():
             return path
-    if explicit:
-        raise CheckpointError(f"checkpoint not found: {places[0]}", "check the --checkpoint path")
-    cached = _hf_cache_path(preset)
-    if cached is not None:
-        return cached
-    looked = ", ".join(str(p) for p in places) + (", the Hugging Face cache" if preset.checkpoint.repo else "")
-    downloadable = preset.checkpoint.repo and preset.name in available()  # what `gm download` offers
+        found = locate.find_in_folders(str(explicit), by_stem=True) if path.name == str(explicit) else None
+        if found is not None:
+            return found
+        where = ", ".join(str(f) for f in locate.checkpoint_folders()) or "no checkpoint folders"
+        raise CheckpointError(f"checkpoint not found: {path} (not a file, nor a name in {where})",
+                              "check the --checkpoint path, or add its folder to GM_CHECKPOINTS")
+    if preset.checkpoint is None:
+        raise CheckpointError(f"preset '{preset.name}' names no checkpoint file")
+    spec = preset.checkpoint
+    found = locate.find_model_file(spec.file, spec.repo)
+    if found is not None:
+        return found
+    folders = [str(f) for f in locate.checkpoint_folders()] or [str(Path.cwd() / "checkpoints")]
+    looked = ", ".join(folders) + (", the Hugging Face cache" if spec.repo else "")
+    downloadable = spec.repo and preset.name in available()  # what `gm download` offers
     raise CheckpointError(
-        f"checkpoint {preset.checkpoint.file} not found (looked in {looked})",
-        f"run `gm download {preset.name}`" if downloadable else "put the file there, or pass --checkpoint FILE",
+        f"checkpoint {spec.file} not found (looked in {looked})",
+        f"run `gm download {preset.name}`, or add the folder that holds it to GM_CHECKPOINTS" if downloadable
+        else "put the file in a GM_CHECKPOINTS folder, or pass --checkpoint FILE",
     )
 
 
-def _hf_cache_path(preset: Preset) -> Path | None:
-    if preset.checkpoint is None or not preset.checkpoint.repo:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        return None
-    hit = try_to_load_from_cache(preset.checkpoint.repo, preset.checkpoint.file)
-    return Path(hit) if isinstance(hit, str) and Path(hit).is_file() else None
+# Bytes per element of the safetensors dtypes (a header entry's data must be shape x this long).
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _entry_problem(entry: object) -> str:
+    """What is wrong with one header entry ("" if nothing): it must be {dtype, shape, data_offsets}
+    with a known dtype, whole non-negative numbers, and exactly the bytes its shape needs."""
+    if not isinstance(entry, dict):
+        return f"a {type(entry).__name__}, not a table of dtype, shape and data_offsets"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        return f"unknown dtype {dtype!r}"
+
+    def counts(v: object, n: int | None = None) -> bool:
+        return isinstance(v, list) and (n is None or len(v) == n) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+
+    if not counts(shape):
+        return f"shape {shape!r} is not a list of sizes"
+    if not counts(offsets, 2) or offsets[0] > offsets[1]:
+        return f"data_offsets {offsets!r} is not [begin, end]"
+    need = DTYPE_BYTES[dtype] * math.prod(shape)
+    if offsets[1] - offsets[0] != need:
+        return f"data_offsets span {offsets[1] - offsets[0]} bytes, its {dtype} shape {shape} needs {need}"
+    return ""
 
 
 def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -99,7 +115,15 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise CheckpointError(f"{path}: corrupt safetensors header", "download it again") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is JSON but not a tensor table (a {type(header).__name__})",
+                              "download it again (gm download --verify NAME checks it)")
     header.pop("__metadata__", None)
+    for key, entry in header.items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise CheckpointError(f"{path}: safetensors header is JSON but not a tensor table (tensor {key!r}: "
+                                  f"{problem})", "download it again (gm download --verify NAME checks it)")
     end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
     if 8 + n + end > size:
         missing = 8 + n + end - size
@@ -137,13 +161,17 @@ def compare(
     return missing, unexpected, shapes
 
 
-def mismatch_message(label: str, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+def mismatch_message(label: str, missing: list[str], unexpected: list[str], shapes: list[str],
+                     fits: str = "") -> str:
+    """One line: what the file is instead (`fits`, from gm.detect.suggestion) first, then counts
+    and the first few tensors of each kind."""
     parts = []
+    show = 1 if fits else _SHOW  # the family is the news; the tensors only illustrate it
     for what, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
         if names:
-            more = f", … +{len(names) - _SHOW} more" if len(names) > _SHOW else ""
-            parts.append(f"{len(names)} {what}: {', '.join(names[:_SHOW])}{more}")
-    return f"{label} does not match: " + "; ".join(parts)
+            more = f", … +{len(names) - show} more" if len(names) > show else ""
+            parts.append(f"{len(names)} {what}: {', '.join(names[:show])}{more}")
+    return f"{label} does not match: " + (f"{fits}; " if fits else "") + "; ".join(parts)
 
 
 def matched_keys(module, header: dict[str, tuple[str, tuple[int, ...]]], *, layout: str = "sgm",
@@ -158,8 +186,14 @@ def matched_keys(module, header: dict[str, tuple[str, tuple[int, ...]]], *, layo
     found = {k: header[src][1] for k, src in renamed.items()}
     missing, unexpected, shapes = compare(expected, found, optional)
     if missing or unexpected or shapes:
+        from gm.detect import suggestion
+
+        current = re.match(r"(?:preset )?([\w.+-]+): ", label)  # build.py's labels: "preset NAME: FILE"
+        fits = suggestion(header, current.group(1) if current else "") if any(
+            k.startswith("model.diffusion_model.") for k in header) else ""
         raise CheckpointError(
-            mismatch_message(label, missing, unexpected, shapes),
+            mismatch_message(label, missing, unexpected, shapes, fits),
+            "pass the -p it names, or omit -p" if fits else
             "is this the right checkpoint for the preset? see `gm download --list`",
         )
     return {k: renamed[k] for k in expected}

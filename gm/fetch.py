@@ -1,6 +1,6 @@
 """Plain HTTP downloads: resume, checksums, a verification cache, safe archive extraction.
 
-Replaces the downloads the reference leaves to torchvision and rembg at first use (REFERENCE.md
+Replaces the downloads the reference leaves to torchvision and rembg at first use (docs/reference.md
 §7.3: MNIST and CIFAR-10 into ./.data, rembg's u2net model). A download goes to a hidden
 `.NAME.part` file next to its destination, is resumed with an HTTP Range request after a
 dropped connection (or in a later run), is checked against its md5/sha256, and only then is

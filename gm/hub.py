@@ -1,27 +1,25 @@
-"""`gm download` engine: what can be fetched, where it goes, fetching it, verifying it.
+"""`gm download` catalogue: what can be fetched, where it is (or goes), whether it checks out.
 
-Mirrors the reference's download sources (REFERENCE.md §7.2 checkpoint repositories, §7.1
-published hashes, §7.3 the datasets and the rembg model it fetches at first use). Checkpoints
-come through huggingface_hub (`hf_hub_download`: HF_ENDPOINT, HF_TOKEN, hf_xet when installed)
-into a hidden staging folder next to the destination, are checked against the preset's sha256
-(or, when none is published, the Hub's own LFS sha256 ETag), and only then renamed into place.
-Datasets and auxiliary models are plain HTTP downloads (gm.fetch), `GM_DATA_MIRROR` replacing
-their base URL.
+Checkpoints are Hugging Face Hub files: they go to the Hugging Face cache (HF_HOME /
+HF_HUB_CACHE, shared with diffusers and every other Hub tool) unless --dir names a folder, and
+they count as present wherever gm.locate finds them (GM_CHECKPOINTS folders, ./checkpoints, the
+cache), so `--list`, loading and `gm download` agree and nothing is fetched twice. Each file is
+checked against the preset's published sha256 (or, when none is published, the Hub's own LFS
+sha256) before it is used. Datasets and rembg's models are plain HTTP downloads (gm.fetch),
+`GM_DATA_MIRROR` replacing their base URL; the sources are listed in docs/reference.md.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gm import fetch
-from gm.errors import CheckpointError, GmError, PresetError, UsageError
+from gm import fetch, locate, provenance
+from gm.errors import GmError, PresetError, UsageError
 
-STAGING = ".gm-download"  # hf_hub_download's local_dir, inside the destination folder
 HUB_PAGE = "https://huggingface.co"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -35,6 +33,10 @@ class RemoteFile:
     sha256: str = ""
     md5: str = ""
     size: int = 0  # bytes, 0 = unknown
+
+    @property
+    def remote(self) -> str:
+        return self.path or self.name
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,9 @@ DATASETS = (
         RemoteFile("cifar-10-python.tar.gz", url=CIFAR_URL, md5="c58f30108f718f92721af3b95e74349a", size=170498071),
     ), 0.17, "free for research (A. Krizhevsky)", extract="cifar-10-batches-py"),
 )
-# Pretrained parts of the latent training presets that their checkpoints do not hold (REFERENCE
-# §7.2 sdxl-vae, §7.3 CLIP-L), saved under the names [train].vae_checkpoint / clip_checkpoint use.
+# Pretrained parts of the latent training presets that their checkpoints do not hold (the SDXL VAE
+# and OpenAI's CLIP ViT-L/14 text tower, docs/reference.md "Downloads"); `name` is the file name
+# [train].vae_checkpoint / clip_checkpoint use, `path` the file in the Hub repository.
 FROZEN = (
     Item("sdxl-vae", "checkpoint", (RemoteFile("sdxl_vae.safetensors", repo="stabilityai/sdxl-vae"),),
          0.33, "MIT", note="frozen first stage of imagenet-f8-cond and txt2img-clipl"),
@@ -124,18 +127,54 @@ def rembg_home() -> Path:
     return Path(os.environ.get("REMBG_HOME", default)).expanduser()
 
 
+def rembg_model_dir(item_name: str = "rembg-u2net") -> Path:
+    """The folder holding rembg's model, verified, as `gm download rembg-u2net` put it; sets
+    U2NET_HOME so that rembg loads it from there and never starts a download of its own (which
+    waits on the network for a minute when offline). Without the file: GmError at once."""
+    item = find_item(item_name)
+    folder = destination(item)
+    file = item.files[0]
+    path = folder / file.name
+    if not path.is_file():
+        raise GmError(f"background removal needs rembg's {Path(file.name).stem} model ({path} is missing)",
+                      f"run `gm download {item.name}` once, or pass an RGBA image with --no-remove-bg")
+    algorithm, digest = expected_hash(file, path)
+    if fetch.cached_digest(path, algorithm) != digest:  # not verified since it last changed: check now
+        fetch.check_digest(path, algorithm, digest, str(path))
+        fetch.record_verified(path, algorithm, digest)
+    os.environ["U2NET_HOME"] = str(rembg_home())  # rembg reads it per session: <home>/models/<name>
+    return folder
+
+
 def destination(item: Item, base: str | Path | None = None) -> Path:
-    """The folder an item's files go to (`base` is --dir)."""
+    """The folder an item's files go to (`base` is --dir); for checkpoints without --dir, the
+    item's folder in the Hugging Face cache."""
     if item.kind == "checkpoint":
         if base:
-            return Path(base).expanduser()
-        env = os.environ.get("GM_CHECKPOINTS")
-        return Path(env).expanduser() if env else Path.cwd() / "checkpoints"
+            return Path(base).expanduser().absolute()
+        return locate.hf_cache_dir() / ("models--" + item.files[0].repo.replace("/", "--"))
     if item.kind == "dataset":
         root = base or os.environ.get("GM_DATA") or Path.cwd() / ".data"
         return Path(root).expanduser() / item.name
     model = Path(item.files[0].name).stem  # rembg looks in <home>/models/<session name>/
     return (Path(base).expanduser() if base else rembg_home()) / "models" / model
+
+
+def find_file(item: Item, file: RemoteFile, base: str | Path | None = None) -> Path | None:
+    """Where a file of `item` is now: --dir, else (checkpoints) wherever gm.locate looks."""
+    if item.kind != "checkpoint":
+        path = destination(item, base) / file.name
+        return path if path.is_file() else None
+    if base and (destination(item, base) / file.name).is_file():
+        return destination(item, base) / file.name
+    return locate.find_model_file(file.name, file.repo, file.remote)
+
+
+def installed_path(name: str) -> Path | None:
+    """The file of a one-file download (a preset's checkpoint, sdxl-vae, clip-vit-large-patch14)
+    wherever gm finds it, or None; what code that needs those weights should ask."""
+    item = find_item(name)
+    return find_file(item, item.files[0])
 
 
 def url_of(file: RemoteFile) -> str:
@@ -149,153 +188,71 @@ def url_of(file: RemoteFile) -> str:
 @dataclass(frozen=True)
 class Status:
     item: Item
-    folder: Path
+    folder: Path  # where the files are (or would go)
     present: bool
     verified: bool | None  # None: no hash known, or not checked since the file last changed
+    paths: tuple[Path, ...] = ()  # the files found (empty when not present)
 
 
 def expected_hash(file: RemoteFile, path: Path) -> tuple[str, str]:
-    """(algorithm, digest) to check `path` against: the published one, else one the Hub gave."""
+    """(algorithm, digest) to check `path` against: the published one, else one the Hub gave
+    (a Hugging Face cache blob is named by its sha256; a --dir download remembers it)."""
     if file.sha256:
         return "sha256", file.sha256
     if file.md5:
         return "md5", file.md5
+    blob = Path(os.path.realpath(path)).name
+    if file.repo and _SHA256.match(blob):
+        return "sha256", blob
     known = fetch.cache_entry(path)
     return ("sha256", str(known["expected"])) if known.get("expected") else ("", "")
 
 
+def known_digest(path: Path, algorithm: str) -> str | None:
+    """A digest of `path` computed earlier and still valid (same size and mtime), or None."""
+    if algorithm == "sha256" and (digest := provenance.cached_sha256(path)):
+        return digest
+    return fetch.cached_digest(path, algorithm)
+
+
 def status(item: Item, base: str | Path | None = None) -> Status:
-    folder = destination(item, base)
-    paths = [folder / f.name for f in item.files]
-    present = all(p.is_file() for p in paths)
+    found = [find_file(item, f, base) for f in item.files]
+    folder = found[0].parent if found[0] is not None else destination(item, base)
+    present = all(p is not None for p in found)
     if item.extract:
         present = present or (folder / item.extract).is_dir()
     verified: bool | None = None
-    if present and all(p.is_file() for p in paths):
+    paths = tuple(p for p in found if p is not None)
+    if paths and len(paths) == len(found):
         checks = []
         for file, path in zip(item.files, paths):
             algorithm, digest = expected_hash(file, path)
-            cached = fetch.cached_digest(path, algorithm) if algorithm else None
+            cached = known_digest(path, algorithm) if algorithm else None
             checks.append(None if cached is None else cached == digest.lower())
         verified = None if None in checks else all(checks)
-    return Status(item, folder, present, verified)
+    return Status(item, folder, present, verified, paths)
 
 
 def verify(item: Item, base: str | Path | None, progress: Callable[[int], None] | None = None) -> list[str]:
     """Re-hash every present file of `item`; returns the names checked. Mismatch: CheckpointError."""
-    folder = destination(item, base)
     checked = []
     for file in item.files:
-        path = folder / file.name
-        if not path.is_file():
+        path = find_file(item, file, base)
+        if path is None:
             continue
         algorithm, digest = expected_hash(file, path)
         if not algorithm:
             continue
         fetch.check_digest(path, algorithm, digest, str(path), progress)
-        fetch.record_verified(path, algorithm, digest)
+        record(path, algorithm, digest)
         checked.append(file.name)
     return checked
 
 
-def download_file(item: Item, file: RemoteFile, folder: Path,
-                  progress: Callable[[int, int | None], None] | None = None) -> Path:
-    if item.kind == "checkpoint":
-        return hub_download(item, file, folder)
-    return fetch.http_download(url_of(file), folder / file.name, md5=file.md5, sha256=file.sha256,
-                               size=file.size, progress=progress)
-
-
-def hub_download(item: Item, file: RemoteFile, folder: Path) -> Path:
-    """hf_hub_download into `folder/.gm-download/`, verify the sha256, rename to `folder/NAME`."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-
-    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it at import
-    staging = folder / STAGING
-    staging.mkdir(parents=True, exist_ok=True)
-    remote = file.path or file.name
-    try:
-        meta = get_hf_file_metadata(hf_hub_url(file.repo, remote, endpoint=endpoint))
-        staged = Path(hf_hub_download(file.repo, remote, local_dir=staging, endpoint=endpoint))
-    except Exception as err:  # huggingface_hub's errors -> one clear line
-        raise hub_error(item, file, err) from None
-    etag = (meta.etag or "").lower()
-    algorithm, digest = ("sha256", file.sha256) if file.sha256 else ("sha256", etag) if _SHA256.match(etag) else ("", "")
-    final = folder / file.name
-    if algorithm:
-        try:
-            fetch.check_digest(staged, algorithm, digest, f"{file.repo}/{remote}")
-        except CheckpointError:
-            staged.unlink(missing_ok=True)
-            shutil.rmtree(staging / ".cache", ignore_errors=True)  # forget the bad file's metadata
-            raise
-    os.replace(staged, final)
-    (staging / ".cache" / "huggingface" / "download" / f"{remote}.metadata").unlink(missing_ok=True)
-    if algorithm:  # keep the Hub's sha256 too, so that --verify can check the file offline later
-        fetch.record_verified(final, algorithm, digest, expected="" if file.sha256 else digest)
-    return final
-
-
-def hub_error(item: Item, file: RemoteFile, err: Exception) -> GmError:
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    repo, name = file.repo, file.path or file.name
-    status_code = getattr(getattr(err, "response", None), "status_code", None)
-    gated_hint = f"accept the licence at {HUB_PAGE}/{repo} and set HF_TOKEN (a token with read access)"
-    if isinstance(err, GatedRepoError) or status_code in (401, 403):
-        what = "is gated" if item.gated or isinstance(err, GatedRepoError) else "needs authorisation"
-        return CheckpointError(f"{repo} {what} (HTTP {status_code}): cannot download {name}", gated_hint)
-    if isinstance(err, EntryNotFoundError):
-        source = "the preset's checkpoint.file or checkpoint.repo" if item.name not in {i.name for i in FROZEN} \
-            else f"gm's entry for {item.name}"
-        return CheckpointError(f"{name} not found in {repo} (HTTP 404)",
-                               f"{source} no longer matches the Hub, or HF_ENDPOINT points elsewhere")
-    if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError)):
-        return CheckpointError(f"repository {repo} not found (HTTP {status_code})",
-                               "check the preset's checkpoint.repo, or HF_ENDPOINT")
-    if isinstance(err, OfflineModeIsEnabled) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE"):
-        return CheckpointError(f"cannot download {name}: HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE")
-    if isinstance(err, LocalEntryNotFoundError):
-        return CheckpointError(f"cannot reach the Hub for {repo}/{name} ({err.__cause__ or err})",
-                               "check the network connection (or HF_ENDPOINT), then run the command again")
-    if isinstance(err, HfHubHTTPError):
-        return CheckpointError(f"{repo}/{name}: HTTP {status_code}: {str(err).splitlines()[0]}",
-                               "try again later")
-    return CheckpointError(f"{repo}/{name}: download failed: {type(err).__name__}: {err}",
-                           "run the command again: completed files are kept")
-
-
-def download_item(item: Item, base: str | Path | None = None, force: bool = False) -> list[Path]:
-    """Fetch every file of `item` that is missing (all of them with `force`); returns the paths."""
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-    from gm.console import console
-
-    (enable_progress_bars if console.live else disable_progress_bars)()
-    folder = destination(item, base)
-    extracted = folder / item.extract if item.extract else None
-    paths = []
-    for file in item.files:
-        final = folder / file.name
-        if not force and (final.is_file() or (extracted is not None and extracted.is_dir())):
-            console.log(f"{item.name}: {file.name} already present in {folder}")
-        else:
-            total = file.size / 1e6 if file.size else None
-            with console.task(f"download {file.name}", total=total, unit="MB") as bar:
-                def advance(done: int, size: int | None, bar: object = bar) -> None:
-                    bar.update(completed=done / 1e6, total=(size / 1e6) if size else None)  # type: ignore[attr-defined]
-
-                download_file(item, file, folder, advance)
-        paths.append(final)
-    if extracted is not None and (force or not extracted.is_dir()):
-        console.log(f"{item.name}: extracting {item.files[0].name}")
-        fetch.safe_extract_tar(folder / item.files[0].name, folder, item.extract)
-    return [extracted] if extracted is not None else paths
+def record(path: Path, algorithm: str, digest: str, expected: str = "") -> None:
+    """Remember a verified digest: in gm's hash cache (sha256, shared with the Model hash) and,
+    outside the Hugging Face cache, in the folder's own .gm-verified.json."""
+    if algorithm == "sha256":
+        provenance.record_sha256(path, digest)
+    if not Path(path).resolve().is_relative_to(locate.hf_cache_dir().resolve()):
+        fetch.record_verified(path, algorithm, digest, expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_mismatch_is_one_error_naming_tensors(tmp_path: Path, change, expected: 
 def test_many_missing_are_counted_and_capped() -> None:
     missing = [f"k{i}" for i in range(12)]
     msg = checkpoint.mismatch_message("x", missing, [], [])
-    assert msg.startswith("x does not match: 12 missing: k0, k1") and "+7 more" in msg
+    assert msg == "x does not match: 12 missing: k0, k1, … +10 more"
 
 
 def test_optional_extras_are_ignored_only_when_declared(tmp_path: Path) -> None:
@@ -173,14 +174,16 @@ def preset_for(tmp_path: Path) -> presets.Preset:
 def test_search_order_and_not_found_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = preset_for(tmp_path)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GM_CHECKPOINTS", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(CheckpointError) as err:
         checkpoint.find_checkpoint(p)
     # A preset `gm download` does not offer (no repo, given by path): no download hint, no Hub cache.
     assert "pass --checkpoint FILE" in str(err.value) and "gm download" not in str(err.value)
     assert "Hugging Face" not in str(err.value)
-    with pytest.raises(CheckpointError, match=r"the Hugging Face cache\) \(run `gm download sdxl-base-1.0`\)"):
+    with pytest.raises(CheckpointError, match=r"the Hugging Face cache\) \(run `gm download sdxl-base-1.0`"):
         checkpoint.find_checkpoint(presets.load("sdxl-base-1.0"))
-    assert str(tmp_path / "checkpoints" / "tiny.safetensors") in str(err.value)
+    assert str(tmp_path / "checkpoints") in str(err.value)
     local = tmp_path / "checkpoints"
     local.mkdir()
     save(local, reference_state())
@@ -194,3 +197,58 @@ def test_search_order_and_not_found_message(tmp_path: Path, monkeypatch: pytest.
     assert checkpoint.find_checkpoint(p, explicit) == explicit
     with pytest.raises(CheckpointError, match="check the --checkpoint path"):
         checkpoint.find_checkpoint(p, tmp_path / "nope.safetensors")
+
+
+def test_gm_checkpoints_is_a_list_of_trees(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComfyUI and A1111 layouts as they are: an os.pathsep list, subfolders, renamed files by stem."""
+    p = preset_for(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    comfy = tmp_path / "ComfyUI" / "models" / "checkpoints"
+    a1111 = tmp_path / "webui" / "models" / "Stable-diffusion"
+    (comfy / "SDXL" / "finetunes").mkdir(parents=True)
+    save(comfy / "SDXL" / "finetunes", reference_state(), "juggernautXL_v9.safetensors")
+    (a1111 / "sub").mkdir(parents=True)
+    deep = save(a1111 / "sub", reference_state())  # the release name, two levels down
+    (comfy / ".hidden").mkdir()
+    save(comfy / ".hidden", reference_state())  # staging folders are never searched
+    monkeypatch.setenv("GM_CHECKPOINTS", os.pathsep.join([str(comfy), str(tmp_path / "gone"), str(a1111)]))
+    assert checkpoint.find_checkpoint(p) == deep
+    renamed = comfy / "SDXL" / "finetunes" / "juggernautXL_v9.safetensors"
+    assert checkpoint.find_checkpoint(p, "juggernautXL_v9") == renamed  # by stem
+    assert checkpoint.find_checkpoint(p, "juggernautXL_v9.safetensors") == renamed  # by name
+    with pytest.raises(CheckpointError, match=r"nor a name in .*ComfyUI.*Stable-diffusion"):
+        checkpoint.find_checkpoint(p, "nothing_like_it")
+    shallow = save(a1111, reference_state())  # shallower copy in the same folder wins
+    assert checkpoint.find_checkpoint(p) == shallow
+
+
+def test_wrong_family_names_the_right_preset_first(tmp_path: Path) -> None:
+    """An SD 2.x file given to an SDXL preset: the first words after the file say what it is."""
+    from tests.test_detect import header_of
+
+    found = {k: v[1] for k, v in header_of("sd-2.1").items()}
+    expected = {k: v[1] for k, v in header_of("sdxl-base").items()}
+    missing, unexpected, shapes = checkpoint.compare(expected, found)
+    with pytest.raises(CheckpointError) as err:
+        raise CheckpointError(checkpoint.mismatch_message("preset sdxl-base-1.0: x.safetensors", missing, unexpected,
+                                                          shapes, "it is an SD 2.x checkpoint: use -p sd-2.1-768"))
+    msg = str(err.value)
+    assert msg.startswith("preset sdxl-base-1.0: x.safetensors does not match: it is an SD 2.x checkpoint: "
+                          "use -p sd-2.1-768; ")
+    assert len(msg) < 450 and "\n" not in msg
+
+
+def test_strict_check_suggests_the_preset(tmp_path: Path) -> None:
+    """matched_keys (the check every load runs) puts gm.detect's answer into the error."""
+    from tests.test_detect import header_of
+
+    class Fake(nn.Module):
+        def state_dict(self, *args, **kwargs):  # the SDXL base architecture, on meta
+            return {k: torch.empty(v[1], device="meta") for k, v in header_of("sdxl-base").items()}
+
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.matched_keys(Fake(), header_of("sv3d-p"), label="preset sdxl-base-1.0: sv3d_p.safetensors")
+    first = str(err.value).splitlines()[0]
+    assert first.startswith("preset sdxl-base-1.0: sv3d_p.safetensors does not match: it is an SV3D_p checkpoint: "
+                            "use -p sv3d-p; ") and len(first) < 700
+    assert err.value.hint == "pass the -p it names, or omit -p"

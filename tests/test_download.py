@@ -158,7 +158,7 @@ def env(tmp_path: Path) -> Iterator[tuple[FakeServer, dict[str, str], Path]]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GM_", "HUGGING"))}
         environ.update(HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1",
                        HF_HUB_OFFLINE="0", GM_PRESETS=str(presets), GM_DATA_MIRROR=f"{server.url}/mirror",
-                       PYTHONPATH=str(ROOT), U2NET_HOME=str(tmp_path / "u2net"))
+                       PYTHONPATH=str(ROOT), U2NET_HOME=str(tmp_path / "u2net"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
         yield server, environ, work
 
 
@@ -167,25 +167,58 @@ def gm(environ: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=120)
 
 
-def test_checkpoint_success_sha_verified(env) -> None:
+def snapshot(environ: dict[str, str], repo: str, name: str) -> Path:
+    """Where huggingface_hub keeps `repo/name` in the cache of this test's HF_HOME."""
+    return Path(environ["HF_HOME"]) / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / COMMIT / name
+
+
+def lookup(environ: dict[str, str], cwd: Path, preset: str) -> str:
+    """The file gm would load for `preset` (gm.checkpoint.find_checkpoint, in a subprocess)."""
+    code = f"from gm import presets; from gm.checkpoint import find_checkpoint as f; print(f(presets.load({preset!r})))"
+    return subprocess.run([sys.executable, "-c", code], env=environ, cwd=cwd, capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+
+
+def test_checkpoint_into_the_hf_cache_verified_and_found(env) -> None:
     server, environ, work = env
     proc = gm(environ, work, "fake-ok", "--json")
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
-    final = work / "checkpoints" / "ok.safetensors"
+    final = snapshot(environ, "org/ok", "ok.safetensors")
     assert record == {"path": str(final), "name": "fake-ok", "kind": "checkpoint", "verified": True}
-    assert final.read_bytes() == PAYLOAD
-    assert not (work / "checkpoints" / ".gm-download" / "ok.safetensors").exists()
+    assert final.read_bytes() == PAYLOAD and final.resolve().name == SHA  # the Hub's own blob layout
+    assert not (work / "checkpoints").exists() and not list(final.parent.glob(".gm-*"))  # nothing of gm's in there
     assert ("HEAD", "/org/ok/resolve/main/ok.safetensors", "") in server.requests
-    # Present: no second GET; --verify re-hashes and still says verified.
+    assert lookup(environ, work, "fake-ok") == str(final)  # loading finds what download fetched
+    # Present: no second GET; --verify re-hashes and still says verified; the hash is cached for provenance.
     gets = sum(1 for r in server.requests if r[0] == "GET")
     again = gm(environ, work, "fake-ok", "--verify", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["verified"] is True
     assert sum(1 for r in server.requests if r[0] == "GET") == gets
+    hashes = json.loads((Path(environ["XDG_CACHE_HOME"]) / "gm" / "hashes.json").read_text())
+    assert hashes[str(final.resolve())]["sha256"] == SHA
     # A file changed behind gm's back: --verify finds it, exit 1, names the file.
-    final.write_bytes(PAYLOAD[:-1] + b"\0")
+    final.resolve().write_bytes(PAYLOAD[:-1] + b"\0")
     bad = gm(environ, work, "fake-ok", "--verify")
     assert bad.returncode == 1 and "sha256 mismatch" in bad.stderr and "ok.safetensors" in bad.stderr
+
+
+def test_file_in_a_checkpoint_folder_is_not_fetched_again(env, tmp_path: Path) -> None:
+    """A ComfyUI-style tree in GM_CHECKPOINTS already holds the file: --list, lookup and download agree."""
+    server, environ, work = env
+    comfy = tmp_path / "ComfyUI" / "models" / "checkpoints"
+    (comfy / "sdxl").mkdir(parents=True)
+    (comfy / "sdxl" / "ok.safetensors").write_bytes(PAYLOAD)
+    environ = {**environ, "GM_CHECKPOINTS": os.pathsep.join([str(tmp_path / "nowhere"), str(comfy)])}
+    listed = {r["name"]: r for r in map(json.loads, gm(environ, work, "--list", "--json").stdout.splitlines())}
+    assert listed["fake-ok"]["present"] is True and listed["fake-ok"]["path"] == str(comfy / "sdxl")
+    assert listed["fake-ok"]["verified"] is None  # not hashed yet: --list never reads 7 GB files
+    proc = gm(environ, work, "fake-ok", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["path"] == str(comfy / "sdxl" / "ok.safetensors")
+    assert "already present at" in proc.stderr and not server.requests
+    assert lookup(environ, work, "fake-ok") == str(comfy / "sdxl" / "ok.safetensors")
+    verified = gm(environ, work, "fake-ok", "--verify", "--json")
+    assert json.loads(verified.stdout)["verified"] is True and not server.requests
 
 
 def test_hub_etag_used_when_no_published_hash(env, tmp_path: Path) -> None:
@@ -213,20 +246,27 @@ def test_gated_404_and_sha_mismatch(env) -> None:
     assert "missing.safetensors not found in org/ok (HTTP 404)" in missing
     assert "the preset's checkpoint.file or checkpoint.repo no longer matches the Hub" in missing
     assert "sha256 mismatch" in corrupt
-    folder = work / "checkpoints"
-    assert not (folder / "corrupt.safetensors").exists()
-    assert not list(folder.rglob("corrupt.safetensors*"))  # no staged copy either
+    cache = Path(environ["HF_HOME"])
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.read_bytes() == PAYLOAD[::-1]]  # bad blob removed
+    assert not list(cache.rglob("corrupt.safetensors*")) and not (work / "checkpoints").exists()
 
 
-def test_training_encoder_saved_under_the_preset_name(env) -> None:
-    """clip-vit-large-patch14: the Hub's model.safetensors lands where txt2img-clipl looks for it."""
+def test_training_encoder_in_the_cache_or_under_the_preset_name(env) -> None:
+    """clip-vit-large-patch14: the Hub's model.safetensors stays as it is in the cache (found by
+    hub.installed_path); with --dir it is saved under the name txt2img-clipl's preset uses."""
     server, environ, work = env
     server.files["/openai/clip-vit-large-patch14/resolve/main/model.safetensors"] = PAYLOAD
     proc = gm(environ, work, "clip-vit-large-patch14", "--json")
     assert proc.returncode == 0, proc.stderr
-    final = work / "checkpoints" / "clip-vit-large-patch14.safetensors"
-    assert json.loads(proc.stdout) == {"path": str(final), "name": "clip-vit-large-patch14", "kind": "checkpoint",
+    cached = snapshot(environ, "openai/clip-vit-large-patch14", "model.safetensors")
+    assert json.loads(proc.stdout) == {"path": str(cached), "name": "clip-vit-large-patch14", "kind": "checkpoint",
                                        "verified": True}
+    code = "from gm import hub; print(hub.installed_path('clip-vit-large-patch14'))"
+    found = subprocess.run([sys.executable, "-c", code], env=environ, cwd=work, capture_output=True, text=True, timeout=60)
+    assert found.stdout.strip() == str(cached)
+    named = gm(environ, work, "clip-vit-large-patch14", "--dir", "checkpoints", "--force", "--json")
+    final = work / "checkpoints" / "clip-vit-large-patch14.safetensors"
+    assert named.returncode == 0 and json.loads(named.stdout)["path"] == str(final), named.stderr
     assert final.read_bytes() == PAYLOAD and not (work / "checkpoints" / "model.safetensors").exists()
     assert 'clip_checkpoint = "checkpoints/clip-vit-large-patch14.safetensors"' in (
         ROOT / "presets" / "txt2img-clipl.toml").read_text()
@@ -239,7 +279,7 @@ def test_connection_drop_resumes(env) -> None:
     server, environ, work = env
     proc = gm(environ, work, "fake-drop", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert (work / "checkpoints" / "drop.safetensors").read_bytes() == BIG
+    assert snapshot(environ, "org/drop", "drop.safetensors").read_bytes() == BIG
     gets = [r for r in server.requests if r[0] == "GET" and r[1].endswith("drop.safetensors")]
     assert len(gets) == 2 and gets[0][2] == "" and gets[1][2] == f"bytes={10 << 20}-"
 

@@ -1,7 +1,7 @@
 """Every release preset builds (on the meta device) exactly the tensors of its released checkpoint.
 
 The manifests in tests/manifests list every tensor name and shape of every released
-architecture (../shared/manifests). A preset's Engine must have the same keys and shapes; the
+architecture (tests/manifests). A preset's Engine must have the same keys and shapes; the
 only allowed difference is a key the preset declares `optional` (e.g. `denoiser.sigmas`).
 """
 

@@ -53,7 +53,7 @@ def test_linear_cycles_and_past_end() -> None:
     assert g(105) == pytest.approx(1.0)  # cycle 2, warm-up 5/10 of the way to 2.0
     assert g(150) == pytest.approx(0.5 + 1.5 * 0.5)
     assert g(200) == pytest.approx(0.5)
-    assert g(10**6) == pytest.approx(0.5)  # the reference crashes here (REFERENCE §8 item 35)
+    assert g(10**6) == pytest.approx(0.5)  # the reference crashes here (docs/reference.md §8.35)
 
 
 def test_cosine_cycles_past_end() -> None:
@@ -368,7 +368,7 @@ def test_no_checkpoint_to_resume(tmp_path: Path) -> None:
 
 # --- presets ------------------------------------------------------------------------------------
 
-EXPECTED_PARAMS = {  # REFERENCE §4.3 [verified]
+EXPECTED_PARAMS = {  # docs/reference.md §4.3 [verified]
     "mnist": 2.57, "mnist-cond": 2.60, "mnist-cond-discrete-eps": 2.60, "mnist-cond-l1": 2.60,
     "mnist-cond-ema": 2.60, "cifar10-cond": 2.60, "imagenet-f8-cond": 407.3, "txt2img-clipl": 863.5,
 }

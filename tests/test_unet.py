@@ -87,7 +87,7 @@ def test_training_configs_build() -> None:
     for name, cfg in (("mnist", mnist), ("mnist_cond", mnist_cond)):
         with torch.device("meta"):
             count[name] = sum(p.numel() for p in UNet(cfg).parameters())
-    # REFERENCE.md §4.3: 2.57 M and 2.60 M parameters.
+    # docs/reference.md §4.3: 2.57 M and 2.60 M parameters.
     assert round(count["mnist"] / 1e6, 2) == 2.57
     assert round(count["mnist_cond"] / 1e6, 2) == 2.60
     unet = UNet(mnist_cond)

@@ -1,6 +1,6 @@
 """The invisible watermark: embed it into generated images, detect it in any image or frame.
 
-Mirrors `sgm/inference/helpers.py` (WatermarkEmbedder, REFERENCE.md §5.1) and
+Mirrors `sgm/inference/helpers.py` (WatermarkEmbedder, docs/reference.md §5.1) and
 `scripts/demo/detect.py` (§5.2). Embedding goes through invisible-watermark's own
 `WatermarkEncoder` (method dwtDct) so the pixels match the reference exactly (golden fixture
 `watermark`, max |diff| 0). Decoding is a vectorised copy of the library's

@@ -1,6 +1,6 @@
 """Watermark detection over files: images, gif/mp4 frames, folders and `-` (paths on stdin).
 
-Mirrors `scripts/demo/detect.py` (REFERENCE.md §5.2), which reads a list of image files and
+Mirrors `scripts/demo/detect.py` (docs/reference.md §5.2), which reads a list of image files and
 prints a verdict per file, and extends it to videos (every frame, or K evenly spaced ones,
 summarised by the median) and to folders. Nothing here prints: `gm detect-watermark` turns
 the reports into lines.

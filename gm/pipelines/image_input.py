@@ -85,4 +85,20 @@ def input_prompt(path: Path, job: ImageJob) -> tuple[str, str]:
         return "", job.negative
     prompt, negative = found if job.negative_from_inputs else (found[0], job.negative)
     console.log(f"{path.name}: prompt from its metadata: {prompt!r}" + (f" (negative {negative!r})" if negative else ""))
-    return prompt, negative
+    return _without_lora_tags(path, prompt), negative
+
+
+def _without_lora_tags(path: Path, prompt: str) -> str:
+    """A recorded prompt's `<lora:…>` tags name LoRAs of the run that made the image: they are not
+    loaded for the refine (that takes --lora), so they are dropped from the prompt, with a warning."""
+    from gm.errors import UsageError
+    from gm.lora import extract_prompt_loras
+
+    try:
+        text, tags = extract_prompt_loras(prompt)
+    except UsageError:
+        return prompt
+    if tags:
+        console.warn(f"{path.name}: its prompt names LoRAs ({', '.join(n for n, _ in tags)}) that this refine does "
+                     "not load; dropped from the prompt (add --lora NAME to use one)")
+    return text if tags else prompt

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from gm import presets
+from gm.addons import Addons, addons_from, check_tiling
 from gm.diffusion.recipe import check_names
 from gm.diffusion.schedules import TURBO_INDICES
 from gm.errors import UsageError
@@ -49,6 +50,16 @@ class ImageJob:
     prompt_from_inputs: bool = False  # gm refine without --prompt: each input's own metadata
     negative_from_inputs: bool = False
     seed_drawn: bool = False  # the seed was drawn (no --seed): said on stderr when the run starts
+    addons: Addons = Addons()  # --lora (then the prompt's <lora:…> tags) and --vae
+    prompt_loras: tuple[tuple[str, float], ...] = ()  # the prompt's <lora:name:w> tags
+    vae_tiling: str = "auto"
+
+    @property
+    def encoded_prompt(self) -> str:
+        """The prompt the text encoders see: without its <lora:…> tags (the outputs keep them, as A1111's do)."""
+        from gm.lora import extract_prompt_loras
+
+        return extract_prompt_loras(self.prompt)[0]
 
 
 def effective_preset(preset: Preset, steps: int | None = None, sampler: str | None = None, cfg: float | None = None,
@@ -93,12 +104,18 @@ def image_job(preset: Preset, command: Literal["txt2img", "refine", "turbo"], *,
               init_images: tuple[Path, ...] = (), strength: float | None = None, refiner: str | Preset | None = None,
               refiner_strength: float | None = None, finish: bool | None = None,
               refiner_checkpoint: str | None = None, checkpoint: str | None = None,
-              unsafe_pickle: bool = False) -> tuple[Preset, ImageJob]:
+              unsafe_pickle: bool = False, loras: tuple = (), vae: str | None = None,
+              vae_tiling: str = "auto") -> tuple[Preset, ImageJob]:
     """(effective preset, job) from the preset's defaults and the user's options (None = default).
     Seeds: None or -1 draws a fresh one, "preset" takes the preset's (gm.pipelines.seeds). gm refine
     with prompt None takes each input's prompt (and, with negative None too, its negative) from the
     file's metadata. Turbo img2img without `steps` runs the whole 4-step turbo schedule, pruned by
     the strength (default 0.5: one step)."""
+    from gm.lora import extract_prompt_loras
+
+    tags = tuple(extract_prompt_loras(prompt or "")[1])
+    given = addons_from(loras, vae)
+    extra = Addons(given.loras + tags, given.vae)
     if command == "turbo" and init_images and steps is None:
         steps = len(TURBO_INDICES)
     chosen = effective_preset(preset, steps, sampler, cfg, scheduler)
@@ -117,5 +134,5 @@ def image_job(preset: Preset, command: Literal["txt2img", "refine", "turbo"], *,
                    strength=default_strength if strength is None else strength, refiner=plan,
                    checkpoint=checkpoint, unsafe_pickle=unsafe_pickle, batch_size=min(batch_size, max(count, 1)),
                    prompt_from_inputs=from_inputs, negative_from_inputs=from_inputs and negative is None,
-                   seed_drawn=is_random(seed))
+                   seed_drawn=is_random(seed), addons=extra, prompt_loras=tags, vae_tiling=check_tiling(vae_tiling))
     return chosen, job

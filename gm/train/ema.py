@@ -2,7 +2,7 @@
 
 decay_n = min(decay, (1 + n) / (10 + n)) with n = number of updates so far (counting this one), so
 early shadows follow the weights closely. Shadows are float32 tensors updated in place (unlike
-the reference, which silently drops in-place updates on a dtype change, REFERENCE §8 item 36).
+the reference, which silently drops in-place updates on a dtype change, docs/reference.md §8.36).
 """
 
 from __future__ import annotations

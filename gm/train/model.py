@@ -62,7 +62,7 @@ def build_train_engine(preset: Preset, cfg: TrainConfig) -> Engine:
                 other = [k for k in read_header(path) if not k.startswith("text_model.") or k.endswith("position_ids")]
                 load_into(emb.transformer, path, optional=other, label="CLIP-L text encoder")
             if not emb.config.is_trainable:
-                # sgm hands frozen encoders to the optimizer anyway (REFERENCE §8 item 37); not here
+                # sgm hands frozen encoders to the optimizer anyway (docs/reference.md §8.37); not here
                 emb.requires_grad_(False).eval()
     return engine
 

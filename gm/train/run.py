@@ -1,6 +1,6 @@
 """Run setup for `gm train`: options -> preset, run folder, device, DDP process group.
 
-Replaces main.py's argument handling (REFERENCE §4.1): the run folder
+Replaces main.py's argument handling (docs/reference.md §4.1): the run folder
 `runs/<YYYYmmdd-HHMMSS>-<preset>/` holds `config.toml` (the effective preset), `checkpoints/`,
 `samples/` and `metrics.jsonl`. `--resume RUN|latest` reloads that folder's config.toml. Under
 `torchrun` (WORLD_SIZE > 1) a process group is started (NCCL on GPUs, gloo on CPUs); rank 0 owns

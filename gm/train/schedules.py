@@ -8,7 +8,7 @@ at the optimizer step n = 0, 1, 2, ... exactly as LambdaLR stepped once per batc
 * warmup_cosine:   LambdaWarmUpCosineScheduler (cycle_lengths[0] = max_decay_steps)
 * cosine_cycles:   LambdaWarmUpCosineScheduler2 (one entry per cycle)
 * linear_cycles:   LambdaLinearScheduler
-Past the last cycle the reference crashes (its cycle lookup returns None, REFERENCE §8 item 35);
+Past the last cycle the reference crashes (its cycle lookup returns None, docs/reference.md §8.35);
 here the last cycle's end value holds.
 """
 

@@ -251,3 +251,14 @@ def test_batch_through_img2img_and_the_refiner(gm, tmp_path: Path) -> None:
     for a, b in zip(one, batched, strict=True):
         assert np.abs(pixels(a) - pixels(b)).max() <= 1
     assert not np.array_equal(pixels(batched[0]), pixels(batched[1]))
+
+
+def test_recorded_lora_tags_are_dropped_with_a_warning(gm, tmp_path: Path) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a fox <lora:style:0.5>\nSteps: 20, Seed: 1, Size: 64x64")
+    source = tmp_path / "tagged.png"
+    Image.new("RGB", (64, 64), (90, 120, 200)).save(source, pnginfo=info)
+    r = gm("refine", str(source), "-p", SD21, "--steps", "2", "--seed", "1", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 0, r.output
+    assert "names LoRAs (style) that this refine does not load" in r.stderr
+    assert meta(r.stdout.strip())[1]["prompt"] == "a fox"

@@ -47,7 +47,8 @@ CheckpointOpt = Annotated[
 ]
 UnsafePickleOpt = Annotated[bool, typer.Option("--unsafe-pickle", help="Allow loading a pickle .ckpt (weights only).",
                                                rich_help_panel=MAIN)]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the preset's).", rich_help_panel=SAMPLING)]
+SeedOpt = Annotated[str | None, typer.Option("--seed", metavar="N|-1|preset", help="Random seed (default or -1: a fresh one, "
+                                             "printed and recorded; preset: the preset's).", rich_help_panel=SAMPLING)]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)]
 PlanOpt = Annotated[bool, typer.Option("--plan", help="Print the GPU memory plan of this run (per phase: weights, "
                                         "activations, peak; --json for one JSON object) and exit; loads nothing.",

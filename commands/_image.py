@@ -6,6 +6,7 @@ checked against gm.diffusion's registries when the job is built, not listed here
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,8 +16,8 @@ from ._plan import plan_images
 
 PRESET_HELP = "Preset name or .toml path."
 NegativeOpt = Annotated[str, typer.Option(
-    "--negative", help="Negative prompt (uc). Ignored by SDXL base / Turbo, whose uc zeroes the text embeddings.",
-    rich_help_panel=MAIN)]
+    "--negative", help="Negative prompt, encoded for the unconditional branch (without one, SDXL base zeroes "
+                       "it, as the reference does).", rich_help_panel=MAIN)]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Sampling steps (default: the preset's).",
                                               rich_help_panel=SAMPLING)]
 SamplerOpt = Annotated[str | None, typer.Option("--sampler", metavar="NAME",
@@ -30,8 +31,17 @@ CfgOpt = Annotated[float | None, typer.Option("--cfg", help="Classifier-free gui
                                               rich_help_panel=SAMPLING)]
 CountOpt = Annotated[int, typer.Option("-n", "--num", help="Number of images; image k uses seed + k.",
                                        rich_help_panel=SAMPLING)]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the preset's).",
-                                             rich_help_panel=SAMPLING)]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", metavar="B",
+                                           help="Images sampled together in one batch (faster on a GPU, more "
+                                                "memory); each still gets its own seed + k.",
+                                           rich_help_panel=SAMPLING)]
+InitImageOpt = Annotated[Path | None, typer.Option("--init-image", help="Start from this image (img2img); its "
+                                                   "size floored to 64 unless --width/--height/--aspect.",
+                                                   rich_help_panel=MAIN)]
+SeedOpt = Annotated[str | None, typer.Option("--seed", metavar="N|-1|preset",
+                                             help="Random seed; image k uses seed + k. Default (or -1): a fresh "
+                                                  "one, printed and recorded; preset: the preset's documented seed.",
+                                             show_default=False, rich_help_panel=SAMPLING)]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)]
 LoraOpt = Annotated[list[str] | None, typer.Option(
     "--lora", metavar="FILE[:SCALE]", help="Merge a LoRA (.safetensors, or a name found in $GM_CHECKPOINTS, "

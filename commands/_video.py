@@ -8,8 +8,10 @@ import typer
 
 from ._common import OUTPUT, PERF, SAMPLING, Common
 
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed; input k uses seed + k (default: the "
-                                             "preset's).", rich_help_panel=SAMPLING)]
+SeedOpt = Annotated[str | None, typer.Option("--seed", metavar="N|-1|preset",
+                                             help="Random seed; input k uses seed + k. Default (or -1): a fresh "
+                                                  "one, printed and recorded; preset: the preset's documented seed.",
+                                             show_default=False, rich_help_panel=SAMPLING)]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Sampler steps (default: the preset's).",
                                               rich_help_panel=SAMPLING)]
 DecodingTOpt = Annotated[

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         common: Common,
         images: Annotated[list[str] | None, typer.Argument(metavar="IMAGE...", help="Image files, folders, or - "
                                                            "(stdin). Not with --jobs.", show_default=False)] = None,
-        frames: Annotated[int | None, typer.Option("--frames", "-n", help="Frames to generate (default: 14, XT 25).",
+        frames: Annotated[int | None, typer.Option("--frames", help="Frames to generate (default: 14, XT 25).",
                                                    rich_help_panel=SAMPLING)] = None,
         steps: StepsOpt = None,
         fps_id: Annotated[int | None, typer.Option("--fps-id", help="Frame-rate conditioning, 0-239 (default 6).",

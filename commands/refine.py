@@ -11,7 +11,6 @@ from ._common import MAIN, Common, command
 from ._image import (
     CfgOpt,
     LoraOpt,
-    NegativeOpt,
     OutOpt,
     SamplerOpt,
     SchedulerOpt,
@@ -28,8 +27,9 @@ HELP = (
     "Refine existing images (img2img) with the SDXL refiner or another image preset.\n\n"
     "Each image is encoded by the VAE (posterior sample), noised to the start of the last --strength of "
     "the schedule and denoised again, at its own size floored to multiples of 64. The refiner is "
-    "conditioned on size = (height, width), crop (0, 0) and aesthetic score 6.0 (uc 2.5). IMAGE may be "
-    "files, folders, or - to read paths from stdin: `gm txt2img \"a fox\" | gm refine - --prompt \"a fox\"`."
+    "conditioned on size = (height, width), crop (0, 0) and aesthetic score 6.0 (uc 2.5). Without --prompt "
+    "each image is conditioned on the prompt and negative prompt its PNG metadata records (gm, A1111, Forge). "
+    "IMAGE may be files, folders, or - to read paths from stdin: `gm txt2img \"a fox\" | gm refine -`."
 )
 
 
@@ -39,9 +39,12 @@ def register(app: typer.Typer) -> None:
         common: Common,
         images: Annotated[list[str] | None, typer.Argument(metavar="IMAGE...", help="Images, folders, or - (paths on "
                                                            "stdin). Not with --jobs.", show_default=False)] = None,
-        prompt: Annotated[str, typer.Option("--prompt", help="Prompt the refiner is conditioned on.",
-                                            rich_help_panel=MAIN)] = "",
-        negative: NegativeOpt = "",
+        prompt: Annotated[str | None, typer.Option("--prompt", help="Prompt the refiner is conditioned on "
+                                                   "(default: each image's own, from its PNG metadata).",
+                                                   show_default=False, rich_help_panel=MAIN)] = None,
+        negative: Annotated[str | None, typer.Option("--negative", help="Negative prompt (default: with --prompt "
+                                                     "none, without it each image's own).", show_default=False,
+                                                     rich_help_panel=MAIN)] = None,
         strength: Annotated[float, typer.Option("--strength", help="How much of the schedule to run, in (0, 1].",
                                                 rich_help_panel=MAIN)] = 0.3,
         steps: StepsOpt = None,

@@ -3,15 +3,16 @@ image_to_image, and its demo's base -> refiner hand-off)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ._common import MAIN, SAMPLING, Common, command
 from ._image import (
+    BatchSizeOpt,
     CfgOpt,
     CountOpt,
+    InitImageOpt,
     LoraOpt,
     NegativeOpt,
     OutOpt,
@@ -40,8 +41,8 @@ def register(app: typer.Typer) -> None:
     @command(app, "txt2img", help=HELP, preset="sdxl-base-1.0", preset_help="Preset name or .toml path.")
     def body(
         common: Common,
-        prompt: Annotated[str | None, typer.Argument(help="What to draw (77 CLIP tokens at most; longer is cut, with a "
-                                                          "warning). Not with --jobs.", show_default=False)] = None,
+        prompt: Annotated[str | None, typer.Argument(help="What to draw. Not with --jobs.",
+                                                     show_default=False)] = None,
         negative: NegativeOpt = "",
         width: Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels, a multiple of 8 "
                                                   "(64 recommended; default: the preset's).", rich_help_panel=MAIN)] = None,
@@ -50,9 +51,7 @@ def register(app: typer.Typer) -> None:
         aspect: Annotated[str | None, typer.Option("--aspect", metavar="W:H", help="Pick the nearest size of the SDXL "
                                                    "resolution table, e.g. 16:9 -> 1344x768 (scaled for 512/768 models).",
                                                    rich_help_panel=MAIN)] = None,
-        init_image: Annotated[Path | None, typer.Option("--init-image", help="Start from this image (img2img); its "
-                                                        "size floored to 64 unless --width/--height/--aspect.",
-                                                        rich_help_panel=MAIN)] = None,
+        init_image: InitImageOpt = None,
         strength: Annotated[float | None, typer.Option("--strength", help="img2img: how much of the schedule to run, "
                                                        "in (0, 1]; 1 = from pure noise (default 0.75).",
                                                        rich_help_panel=MAIN)] = None,
@@ -62,6 +61,7 @@ def register(app: typer.Typer) -> None:
         cfg: CfgOpt = None,
         seed: SeedOpt = None,
         num: CountOpt = 1,
+        batch_size: BatchSizeOpt = 1,
         refiner: Annotated[str | None, typer.Option("--refiner", metavar="PRESET", help="Finish with a refiner, e.g. "
                                                     "sdxl-refiner-1.0 (same steps/sampler/CFG).",
                                                     rich_help_panel=SAMPLING)] = None,
@@ -89,6 +89,7 @@ def register(app: typer.Typer) -> None:
                                                     "--refiner-checkpoint": refiner_checkpoint is not None})
         run_images(common, "txt2img", out, prompt=prompt, negative=negative, width=width, height=height,
                    aspect=aspect, init_images=(init_image,) if init_image is not None else (), strength=strength,
-                   steps=steps, sampler=sampler, scheduler=scheduler, cfg=cfg, seed=seed, count=num, refiner=refiner,
+                   steps=steps, sampler=sampler, scheduler=scheduler, cfg=cfg, seed=seed, count=num,
+                   batch_size=batch_size, refiner=refiner,
                    refiner_strength=refiner_strength, finish=finish, refiner_checkpoint=refiner_checkpoint,
                    lora=lora, vae=vae, vae_tiling=vae_tiling, vae_dtype=vae_dtype)

@@ -5,7 +5,9 @@ writing files only when asked.
 Each method takes the command's options as keyword arguments (None = the preset's default) and
 returns PIL images (frames: a list of PIL images per clip), or with `tensors=True` float tensors in
 [0, 1] (N, 3, H, W) of exactly the pixels a file would hold (watermarked, truncated to uint8).
-`save=True` writes to the command's default folder, `out=DIR` to DIR.
+`save=True` writes to the command's default folder, `out=DIR` to DIR. `seed=None` (or -1) draws a fresh
+seed, kept in `Model.last_seed` (image k of a call used last_seed + k), `seed="preset"` takes the
+preset's documented one.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def _as(pixels: np.ndarray, tensors: bool) -> Any:
 class Model(ModelBase):
     """What `gm.load` returns: loaded once, used for many calls."""
 
+    last_seed: int | None = None  # the (first) seed of the latest call
+
     def _image(self, command: str, prompt: str, options: dict[str, Any], tensors: bool, save: bool,
                out: str | Path | None) -> list[Any]:
         from gm.pipelines.image import refine, txt2img
@@ -49,31 +53,34 @@ class Model(ModelBase):
         preset, job = image_job(self.preset, command, prompt=prompt, count=options.pop("n", 1),  # type: ignore[arg-type]
                                 init_images=images, out_dir=_out_dir(command, save, out),
                                 vae_tiling=self.vae_tiling, **options)
+        self.last_seed = job.seed
         run = refine if command == "refine" else txt2img
         return [_as(r.pixels, tensors) for r in run(preset, self.runtime, job, model=self)]
 
-    def txt2img(self, prompt: str, *, negative: str = "", n: int = 1, seed: int | None = None,
+    def txt2img(self, prompt: str, *, negative: str = "", n: int = 1, batch_size: int = 1, seed: int | str | None = None,
                 steps: int | None = None, cfg: float | None = None, sampler: str | None = None,
                 width: int | None = None, height: int | None = None, aspect: str | None = None,
                 init_image: str | Path | None = None, strength: float | None = None, tensors: bool = False,
                 save: bool = False, out: str | Path | None = None) -> list[Any]:
         """`gm txt2img` on the loaded model: n images, image k with seed + k."""
-        options = dict(negative=negative, n=n, seed=seed, steps=steps, cfg=cfg, sampler=sampler, width=width,
-                       height=height, aspect=aspect, init_image=init_image, strength=strength)
+        options = dict(negative=negative, n=n, batch_size=batch_size, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
+                       width=width, height=height, aspect=aspect, init_image=init_image, strength=strength)
         return self._image("txt2img", prompt, options, tensors, save, out)
 
-    def turbo(self, prompt: str, *, n: int = 1, seed: int | None = None, steps: int | None = None,
-              width: int | None = None, height: int | None = None, tensors: bool = False, save: bool = False,
-              out: str | Path | None = None) -> list[Any]:
-        """`gm turbo`: one- to four-step images without guidance."""
-        options = dict(n=n, seed=seed, steps=steps, width=width, height=height)
+    def turbo(self, prompt: str, *, n: int = 1, batch_size: int = 1, seed: int | str | None = None,
+              steps: int | None = None, width: int | None = None, height: int | None = None,
+              init_image: str | Path | None = None, strength: float | None = None, tensors: bool = False,
+              save: bool = False, out: str | Path | None = None) -> list[Any]:
+        """`gm turbo`: one- to four-step images without guidance (img2img with `init_image`)."""
+        options = dict(n=n, batch_size=batch_size, seed=seed, steps=steps, width=width, height=height,
+                       init_image=init_image, strength=strength)
         return self._image("turbo", prompt, options, tensors, save, out)
 
-    def refine(self, images: list[str | Path] | str | Path, *, prompt: str = "", negative: str = "",
-               strength: float = 0.3, seed: int | None = None, steps: int | None = None, cfg: float | None = None,
+    def refine(self, images: list[str | Path] | str | Path, *, prompt: str | None = None, negative: str | None = None,
+               strength: float = 0.3, seed: int | str | None = None, steps: int | None = None, cfg: float | None = None,
                sampler: str | None = None, tensors: bool = False, save: bool = False,
                out: str | Path | None = None) -> list[Any]:
-        """`gm refine`: img2img of image files, each at its own size."""
+        """`gm refine`: img2img of image files, each at its own size (prompt None: each file's own)."""
         options = dict(negative=negative, strength=strength, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                        init_image=[images] if isinstance(images, (str, Path)) else list(images))
         return self._image("refine", prompt, options, tensors, save, out)
@@ -88,12 +95,13 @@ class Model(ModelBase):
         paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
         keys = ("frames", "steps", "seed", "cond_aug", "decoding_t", "fps_id", "motion_bucket_id")
         request = request_from_preset(self.preset, **{k: options.pop(k) for k in keys if k in options})
+        self.last_seed = request.seed
         output = OutputSpec(_out_dir(command, save, out), fps=options.pop("fps", 10.0))
         run = run_img2vid if command == "img2vid" else orbit_files
         results = run(paths, self.preset, self.runtime, request, output, engine=self.engine, **options)
         return [_as(r.pixels, tensors) for r in results]
 
-    def img2vid(self, images: Any, *, frames: int | None = None, steps: int | None = None, seed: int | None = None,
+    def img2vid(self, images: Any, *, frames: int | None = None, steps: int | None = None, seed: int | str | None = None,
                 fps_id: int | None = None, motion_bucket_id: int | None = None, cond_aug: float | None = None,
                 decoding_t: int | None = None, tensors: bool = False, save: bool = False,
                 out: str | Path | None = None) -> list[Any]:
@@ -102,7 +110,7 @@ class Model(ModelBase):
                                          motion_bucket_id=motion_bucket_id, decoding_t=decoding_t).items()}
         return self._clips("img2vid", images, options, tensors, save, out)
 
-    def orbit(self, images: Any, *, steps: int | None = None, seed: int | None = None,
+    def orbit(self, images: Any, *, steps: int | None = None, seed: int | str | None = None,
               elevation: float | list[float] | None = None, azimuths: list[float] | None = None,
               remove_bg: bool | None = None, tensors: bool = False, save: bool = False,
               out: str | Path | None = None) -> list[Any]:
@@ -111,7 +119,7 @@ class Model(ModelBase):
         return self._clips("orbit", images, options, tensors, save, out)
 
     def video4d(self, source: str | Path, *, frames: int | None = None, steps: int | None = None,
-                seed: int | None = None, size: int | None = None, elevation: float | list[float] | None = None,
+                seed: int | str | None = None, size: int | None = None, elevation: float | list[float] | None = None,
                 azimuths: list[float] | None = None, sv3d: str = "sv3d-u", tensors: bool = False,
                 save: bool = False, out: str | Path | None = None) -> dict[str, Any]:
         """`gm video4d` on the loaded SV4D-family model: {"process_input", "v001", ..., "grid"} -> frames
@@ -122,6 +130,7 @@ class Model(ModelBase):
 
         request = video4d_request(self.preset, str(source), frames=frames, steps=steps, seed=seed, size=size,
                                   elevations=elevation, azimuths=azimuths, sv3d=sv3d)
+        self.last_seed = request.seed
         folder = Path(out) if out is not None else (Path("outputs/video4d") / self.preset.name if save else None)
         writer = Writer(folder, self.preset, request) if folder is not None else None
         videos = render(self.preset, lambda p: self.runtime if p is self.preset else dev.runtime_for(p.perf, str(self.runtime.device)),

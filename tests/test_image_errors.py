@@ -110,8 +110,10 @@ def test_checkpoint_of_another_model_is_a_strict_error(gm, checkpoints: Path, tm
     (("-n", "0"), "-n must be at least 1"),
     (("--refiner", SD21, "--refiner-strength", "1.5"), "--refiner-strength must be in (0, 1]"),
     (("--refiner", SD21, "--init-image", __file__), "needs --no-finish"),
-    (("--seed", "-1"), "--seed must be in [0, 2^64)"),
+    (("--seed", "-2"), "--seed must be in [0, 2^64) or -1 (random)"),
+    (("--seed", "seven"), "--seed 'seven' is not a number"),
     (("--seed", str(2**64 - 1), "-n", "2"), "--seed must be in [0, 2^64)"),
+    (("--batch-size", "0"), "--batch-size must be at least 1"),
     (("--cfg", "nan"), "--cfg must be a finite number"),
     # Options that would otherwise be silently ignored.
     (("--strength", "0.5"), "--strength needs --init-image"),

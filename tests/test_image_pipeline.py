@@ -132,14 +132,22 @@ def test_sd21_uses_the_negative_prompt(gm, tmp_path: Path) -> None:
     assert not np.array_equal(pixels(plain.stdout.strip()), pixels(negative.stdout.strip()))
 
 
-def test_sdxl_base_ignores_the_negative_prompt(gm, tmp_path: Path) -> None:
+def test_sdxl_base_encodes_a_given_negative_prompt(gm, tmp_path: Path) -> None:
+    """SDXL base zeroes uc's text only for an EMPTY negative (the reference's default, kept); a given
+    negative is encoded like on every other model (diffusers, A1111, ComfyUI), without a warning."""
     args = ("txt2img", "a cat", "-p", BASE, "--steps", "2", "--seed", "1")
     plain = gm(*args, "-o", str(tmp_path / "a"))
     negative = gm(*args, "--negative", "ugly", "-o", str(tmp_path / "b"))
-    assert "ignores the negative prompt" in negative.stderr
-    assert np.array_equal(pixels(plain.stdout.strip()), pixels(negative.stdout.strip()))
+    assert negative.exit_code == 0 and "negative" not in negative.stderr
+    assert not np.array_equal(pixels(plain.stdout.strip()), pixels(negative.stdout.strip()))
     params, gm_json = record(negative.stdout.strip())
-    assert "Negative prompt" not in params and gm_json["negative_prompt_ignored"] == "ugly"
+    assert params.splitlines()[1] == "Negative prompt: ugly" and gm_json["negative_prompt"] == "ugly"
+    assert "negative_prompt_ignored" not in gm_json
+    assert "Negative prompt" not in record(plain.stdout.strip())[0]
+    # --set defaults.zero_uc_text=false: the empty negative is encoded too (a different image).
+    encoded = gm(*args, "--set", "defaults.zero_uc_text=false", "-o", str(tmp_path / "c"))
+    assert encoded.exit_code == 0, encoded.output
+    assert not np.array_equal(pixels(plain.stdout.strip()), pixels(encoded.stdout.strip()))
 
 
 def test_refiner_hand_off_uses_the_exact_sigma_and_no_new_noise(gm, tmp_path: Path, sampler_calls: list) -> None:
@@ -310,8 +318,9 @@ def _tiny_engine(name: str, folder: Path):
 
 
 def test_sdxl_base_uc_zeroes_text_and_pooled_keeps_sizes_and_encodes_the_prompt_once(checkpoints: Path) -> None:
-    """SDXL base uc = c with crossattn AND the pooled vector zeroed, size/crop embeddings identical;
-    the text towers run once (on the prompt), not again on a negative prompt that is thrown away."""
+    """SDXL base without a negative: uc = c with crossattn AND the pooled vector zeroed, size/crop
+    embeddings identical; the text towers run once (on the prompt), not again on the empty negative.
+    A given negative is encoded instead (its own text pass, non-zero)."""
     from gm.pipelines.image_cond import TextCondition, _batch, conditioning
 
     preset, runtime, engine = _tiny_engine(BASE, checkpoints)
@@ -320,13 +329,13 @@ def test_sdxl_base_uc_zeroes_text_and_pooled_keeps_sizes_and_encodes_the_prompt_
     for emb in conditioner.embedders:
         if emb.config.input == "txt":
             emb.register_forward_pre_hook(lambda module, args: texts.append(list(args[0])))
-    spec = TextCondition("a fox", "ugly", 64, 96)
+    spec = TextCondition("a fox", "", 64, 96)
     c, uc = conditioning(engine, preset, runtime, spec, need_uc=True)
     assert texts == [["a fox"], ["a fox"]]
     # The two-pass way (sgm's get_unconditional_conditioning with force_uc_zero_embeddings=["txt"]).
     keys = conditioner.input_keys
     ref_c = conditioner.get_conditioning(_batch(keys, "a fox", spec, 6.0, runtime.device))
-    ref_uc = conditioner.get_conditioning(_batch(keys, "ugly", spec, 2.5, runtime.device), force_zero={"txt"})
+    ref_uc = conditioner.get_conditioning(_batch(keys, "", spec, 2.5, runtime.device), force_zero={"txt"})
     for key in ("crossattn", "vector"):
         assert torch.equal(c[key], ref_c[key]) and torch.equal(uc[key], ref_uc[key])
     pooled = 16  # tiny bigG embed_dim; then orig | crop | target, 2 x 8 each, (height, width) order
@@ -335,6 +344,12 @@ def test_sdxl_base_uc_zeroes_text_and_pooled_keeps_sizes_and_encodes_the_prompt_
     orig = c["vector"][:, pooled:pooled + 16]
     cos_first = torch.cat([torch.cos(torch.tensor([64.0])), torch.sin(torch.tensor([64.0]))])
     assert torch.equal(orig[0, [0, 4]], cos_first)  # height 64 first, its 8-wide sinusoid cos-first
+    texts.clear()
+    _, uc_neg = conditioning(engine, preset, runtime, TextCondition("a fox", "ugly", 64, 96), need_uc=True)
+    assert texts == [["a fox"], ["a fox"], ["ugly"], ["ugly"]]
+    ref_neg = conditioner.get_conditioning(_batch(keys, "ugly", spec, 2.5, runtime.device))
+    assert torch.equal(uc_neg["crossattn"], ref_neg["crossattn"]) and uc_neg["crossattn"].any()
+    assert torch.equal(uc_neg["vector"], ref_neg["vector"])
 
 
 def test_refiner_uc_encodes_the_negative_with_aesthetic_2_5(checkpoints: Path) -> None:

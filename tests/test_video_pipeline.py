@@ -129,7 +129,7 @@ def test_same_seed_same_video_and_decoder_chunks(engine) -> None:
 
 def test_request_defaults_and_checks() -> None:
     preset = presets.load("svd-xt")
-    req = request_from_preset(preset)
+    req = request_from_preset(preset, seed="preset")  # without a seed a fresh one is drawn
     assert (req.frames, req.steps, req.fps_id, req.motion_bucket_id, req.cond_aug, req.seed) == (25, 30, 6, 127, 0.02, 23)
     assert request_from_preset(presets.load("svd")).frames == 14
     assert request_from_preset(presets.load("sv3d-p")).cond_aug == 1e-5

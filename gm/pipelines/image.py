@@ -4,7 +4,9 @@ Mirrors `sgm/inference/api.py` (`text_to_image`, `image_to_image`), the streamli
 and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/demo/turbo.py`:
 
 * txt2img: unit noise from a CPU generator seeded with seed + k (image k of -n N), scaled by
-  sqrt(1 + sigma_0^2) inside the sampler; CFG runs as one [uc; c] batch.
+  sqrt(1 + sigma_0^2) inside the sampler; CFG runs as one [uc; c] batch. `--batch-size B` samples
+  B images in one call, each still drawing all its noise from its own generator, so a batched image
+  equals the one made alone up to float rounding.
 * img2img (--init-image, gm refine): VAE encode with a posterior *sample* (as AutoencoderKL does),
   schedule pruned by `img2img_sigmas(strength)`, start z + sigma_0 * eps
 * refiner hand-off: the base stops at the non-zero sigma_asc[p] of `txt2noisy_sigmas`; the
@@ -14,12 +16,13 @@ and refiner path (`scripts/demo/sampling.py`, `discretization.py`) and `scripts/
 * turbo: `turbo_sigmas(n)`, ancestral Euler, no guidance (uc = c, one batch). Noise as the demo
   draws it, so a seed gives the demo's image: the start from numpy's RandomState(seed) (float64 ->
   float32), the i-th ancestral draw from RandomState(seed + 1 + i); device-independent as well.
+  Turbo img2img (--init-image) is the img2img path above on the turbo schedule.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,7 +32,8 @@ from gm import device as dev
 from gm import presets
 from gm.console import console
 from gm.diffusion import guiders
-from gm.diffusion.samplers import NoiseFn
+from gm.diffusion.denoiser import Cond
+from gm.diffusion.samplers import Denoise, NoiseFn, make_noise_fn
 from gm.diffusion.schedules import img2img_sigmas, start_scale, turbo_sigmas, txt2noisy_sigmas
 from gm.errors import UsageError
 from gm.io.files import ensure_dir
@@ -57,10 +61,10 @@ from gm.pipelines.image_cond import (
     check_size,
     conditioning,
     size_grid,
-    zeroes_uc_text,
 )
-from gm.pipelines.image_input import load_image, native_size
+from gm.pipelines.image_input import input_prompt, load_image, native_size
 from gm.pipelines.image_job import ImageJob, RefinerPlan, check_strength
+from gm.pipelines.seeds import announce
 from gm.presets import Preset
 
 
@@ -102,30 +106,57 @@ def _check_common(preset: Preset, job: ImageJob) -> None:
         ensure_dir(job.out_dir)
 
 
-def _negative_for(engine: Engine, preset: Preset, job: ImageJob) -> str:
-    """The negative prompt actually encoded: none where uc zeroes the text embeddings (SDXL base)."""
-    if job.negative and job.command != "turbo" and zeroes_uc_text(engine, preset):
-        console.warn(f"{preset.name} ignores the negative prompt (its unconditional branch zeroes the text embeddings)")
+def _negative_for(preset: Preset, negative: str) -> str:
+    """The negative prompt actually used: none without guidance (Turbo, CFG 1), which has no
+    unconditional branch to put it in (said once); otherwise encoded (gm.pipelines.image_cond)."""
+    if negative and not _uses_uc(guider_for(preset.guider)):
+        console.warn_once(f"the negative prompt is unused: {preset.name} runs without guidance "
+                          f"({'CFG scale 1' if preset.guider.kind != 'identity' else 'no uc'})")
         return ""
-    return job.negative
+    return negative
 
 
 def _schedule(preset: Preset, job: ImageJob) -> torch.Tensor:
     return turbo_sigmas(preset.sampler.steps) if job.command == "turbo" else sigmas_for(preset.sampler)
 
 
-def _sample_all(preset: Preset, runtime: Runtime, engine: Engine, denoise, starts: Iterable[torch.Tensor],
-                sigmas: torch.Tensor, generators: list[torch.Generator], label: str,
-                noise_fns: list[NoiseFn] | None = None) -> list[torch.Tensor]:
-    """Sample each start (image k with generators[k], or noise_fns[k]); the UNet is moved on and off
-    the device once for the whole batch in --low-vram mode, not once per image."""
-    out = []
+def _sample_all(preset: Preset, runtime: Runtime, engine: Engine, denoise: Callable[[int], Denoise],
+                starts: Iterable[torch.Tensor], sigmas: torch.Tensor, generators: list[torch.Generator], label: str,
+                noise_fns: list[NoiseFn] | None = None, batch: int = 1) -> list[torch.Tensor]:
+    """Sample each start (image k with generators[k], or noise_fns[k]), `batch` images per sampler
+    call (`denoise(b)`: the guided denoiser for b images); returns one (1, ...) latent per image. The
+    UNet is moved on and off the device once for all of them in --low-vram mode."""
+    out: list[torch.Tensor] = []
     n = len(generators)
+    pending = iter(starts)
     with on_device(engine.network, runtime), torch.inference_mode():
-        for k, (start, generator) in enumerate(zip(starts, generators, strict=True)):
-            out.append(run_sampler(preset.sampler, denoise, start, sigmas, generator,
-                                   label=label if n == 1 else f"{label} {k + 1}/{n}",
-                                   noise_fn=None if noise_fns is None else noise_fns[k]))
+        for k in range(0, n, batch):
+            part = range(k, min(k + batch, n))
+            x = torch.cat([next(pending) for _ in part])
+            fns = None if noise_fns is None else [noise_fns[j] for j in part]
+            if len(part) > 1 and fns is None:  # image j's noise from its own generator, as when alone
+                fns = [make_noise_fn(generators[j], (1, *x.shape[1:]), x.device, torch.float32) for j in part]
+            tag = label if n == 1 else f"{label} {k + 1}/{n}" if len(part) == 1 else f"{label} {k + 1}-{part[-1] + 1}/{n}"
+            latents = run_sampler(preset.sampler, denoise(len(part)), x, sigmas, generators[k], label=tag,
+                                  noise_fn=None if fns is None else _joined(fns))
+            out.extend(latents.split(1))
+    return out
+
+
+def _joined(fns: list[NoiseFn]) -> NoiseFn:
+    """One batch's noise: each image's own draw, stacked."""
+    return lambda step: fns[0](step) if len(fns) == 1 else torch.cat([f(step) for f in fns])
+
+
+def _repeat(cond: Cond, b: int, done: dict[int, torch.Tensor]) -> Cond:
+    """Conditioning of one image for a batch of b (shared tensors stay shared between c and uc)."""
+    if b == 1:
+        return cond
+    out = {}
+    for key, value in cond.items():
+        if isinstance(value, torch.Tensor) and id(value) not in done:
+            done[id(value)] = value.repeat(b, *([1] * (value.ndim - 1)))
+        out[key] = done[id(value)] if isinstance(value, torch.Tensor) else value
     return out
 
 
@@ -140,10 +171,21 @@ def turbo_noise_fn(seed: int, shape: tuple[int, ...], device: torch.device) -> N
     return lambda _step: numpy_noise(next(calls), shape, device)
 
 
-def _denoise_for(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCondition):
+def _denoise_for(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCondition) -> Callable[[int], Denoise]:
+    """Encode the prompt once; returns b -> the guided denoiser for a batch of b images."""
     guider = guider_for(preset.guider)
     cond, uc = conditioning(engine, preset, runtime, spec, _uses_uc(guider))
-    return guided_denoise(denoiser_for(engine, preset, runtime), guider, cond, uc)
+    denoiser = denoiser_for(engine, preset, runtime)
+    made: dict[int, Denoise] = {}
+
+    def for_batch(b: int) -> Denoise:
+        if b not in made:
+            done: dict[int, torch.Tensor] = {}
+            made[b] = guided_denoise(denoiser, guider, _repeat(cond, b, done),
+                                     None if uc is None else _repeat(uc, b, done))
+        return made[b]
+
+    return for_batch
 
 
 def _engine(model, preset: Preset, runtime: Runtime, job: ImageJob) -> Engine:
@@ -215,8 +257,9 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
     if refiner is not None:  # a missing or mismatched refiner file fails before the base samples, not after
         check_file(refiner.preset, refiner.checkpoint, job.unsafe_pickle)
         check_addons(refiner.preset, addon_files.Addons(vae=job.addons.vae))  # the refiner's VAE decodes
+    announce(job.seed, job.seed_drawn)
     engine = _engine(model, preset, runtime, job)
-    negative = _negative_for(engine, preset, job)
+    negative = _negative_for(preset, job.negative)
     spec = TextCondition(job.encoded_prompt, negative, height, width,
                          preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
     denoise = _denoise_for(engine, preset, runtime, spec)
@@ -235,7 +278,8 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
     else:
         shape = geometry(preset).shape(height, width)
         starts = (noise_like(shape, g, runtime) for g in generators)
-    latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample", noise_fns)
+    latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample", noise_fns,
+                          job.batch_size)
     fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))
     record = run_record(job.command, preset, job.seed, prompt=job.prompt, negative_prompt=negative, width=width,
                         height=height)
@@ -248,7 +292,8 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
     if refiner is not None:
         del denoise, engine  # free the base before the refiner is loaded
         dev.empty_cache(runtime.device)
-        engine, latents = refine_latents(refiner, runtime, job, latents, generators, spec, refiner_sigmas)
+        engine, latents = refine_latents(refiner, runtime, job, latents, generators, spec, refiner_sigmas,
+                                         job.batch_size)
         fields["Refiner"] = refiner.preset.name
         fields["Refiner switch at"] = round((len(sigmas) - 1) / max(len(full) - 1, 1), 4)
         record["refiner"] = {"preset": refiner.preset.to_dict(), "strength": refiner.strength,
@@ -259,7 +304,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
 
 def refine_latents(refiner: RefinerPlan, runtime: Runtime, job: ImageJob, latents: list[torch.Tensor],
                    generators: list[torch.Generator], base: TextCondition,
-                   sigmas: torch.Tensor) -> tuple[Engine, list[torch.Tensor]]:
+                   sigmas: torch.Tensor, batch: int = 1) -> tuple[Engine, list[torch.Tensor]]:
     """Second stage of the hand-off on each base latent along the refiner's `sigmas` (its img2img schedule);
     returns the refiner engine (its VAE decodes)."""
     r = refiner.preset
@@ -273,34 +318,38 @@ def refine_latents(refiner: RefinerPlan, runtime: Runtime, job: ImageJob, latent
         starts = (x / start_scale(sigmas).item() for x in latents)
     else:
         starts = (_renoise(x, sigmas, g, runtime) for x, g in zip(latents, generators, strict=True))
-    return engine, _sample_all(r, runtime, engine, denoise, starts, sigmas, generators, "refine")
+    return engine, _sample_all(r, runtime, engine, denoise, starts, sigmas, generators, "refine", batch=batch)
 
 
 def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iterator[ImageResult]:
-    """`gm refine`: img2img of existing images (each at its own size floored to 64, seed + i)."""
+    """`gm refine`: img2img of existing images (each at its own size floored to 64, seed + i); with
+    job.prompt_from_inputs each input is conditioned on the prompt (and negative) its metadata records."""
     _check_common(preset, job)
     check_strength(job.strength, "--strength")
     sizes = [native_size(p) for p in job.init_images]  # reads every input first: bad files fail early
+    prompts = [input_prompt(path, job) for path in job.init_images]
+    announce(job.seed, job.seed_drawn)
     engine = _engine(model, preset, runtime, job)
-    negative = _negative_for(engine, preset, job)
     sigmas = _img2img(sigmas_for(preset.sampler), job.strength, "--strength")
-    denoisers: dict[tuple[int, int], object] = {}
-    for i, (path, (width, height)) in enumerate(zip(job.init_images, sizes, strict=True)):
-        if (width, height) not in denoisers:
-            spec = TextCondition(job.encoded_prompt, negative, height, width,
+    denoisers: dict[tuple[int, int, str, str], Callable[[int], Denoise]] = {}
+    for i, (path, (width, height), (prompt, given)) in enumerate(zip(job.init_images, sizes, prompts, strict=True)):
+        negative = _negative_for(preset, given)
+        if (width, height, prompt, negative) not in denoisers:
+            spec = TextCondition(prompt if job.prompt_from_inputs else job.encoded_prompt, negative, height, width,
                                  preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
-            denoisers[(width, height)] = _denoise_for(engine, preset, runtime, spec)
+            denoisers[(width, height, prompt, negative)] = _denoise_for(engine, preset, runtime, spec)
         generator = dev.cpu_generator(job.seed + i)
         # One image at a time (outputs stream out as they are written), so each stage moves per image.
         moments = posterior(engine, load_image(path, width, height), runtime, tiles=job.vae_tiling)
         z = posterior_latent(engine, moments, runtime, generator)
-        (latent,) = _sample_all(preset, runtime, engine, denoisers[(width, height)],
+        (latent,) = _sample_all(preset, runtime, engine, denoisers[(width, height, prompt, negative)],
                                 [_renoise(z, sigmas, generator, runtime)], sigmas, [generator],
                                 f"refine {i + 1}/{len(job.init_images)}")
         fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset))
         fields["Denoising strength"] = job.strength
-        record = run_record(job.command, preset, job.seed + i, prompt=job.prompt, negative_prompt=negative,
+        record = run_record(job.command, preset, job.seed + i, prompt=prompt, negative_prompt=negative,
                             width=width, height=height, init_image=str(path), strength=job.strength)
         _addon_fields(engine, fields, record)
-        yield from image_results(_decode_all(engine, runtime, [latent], job.vae_tiling), job.out_dir, job.prompt, fields, record,
-                                 job.seed + i)
+        yield from image_results(_decode_all(engine, runtime, [latent], job.vae_tiling), job.out_dir, prompt, fields,
+                                 record, job.seed + i)
+

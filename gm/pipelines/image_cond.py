@@ -4,8 +4,9 @@ Mirrors what `sgm/inference/helpers.py` (`get_batch`, `get_unconditional_conditi
 streamlit demo feed the `GeneralConditioner`: the prompt under `txt`, SDXL's micro-conditioning
 `original_size_as_tuple` = `target_size_as_tuple` = (height, width) with `crop_coords_top_left`
 = (0, 0), and the refiner's `aesthetic_score` (6.0 for c, 2.5 for uc). The unconditional branch
-encodes the negative prompt, except where the preset zeroes the text embeddings (SDXL base and
-Turbo, `defaults.zero_uc_text`): there uc's text outputs are zeros and the negative is unused.
+encodes the negative prompt. An EMPTY negative on a preset with `defaults.zero_uc_text` (SDXL base
+and Turbo) gives zeros instead, as the reference demo does (and diffusers' SDXL for an empty
+negative), so default outputs stay the reference's; a given negative is always encoded.
 """
 
 from __future__ import annotations
@@ -96,11 +97,10 @@ class TextCondition:
     negative_aesthetic_score: float = 2.5
 
 
-def zeroes_uc_text(engine: Engine, preset: Preset) -> bool:
-    """True when uc replaces the text embeddings by zeros (the negative prompt is unused)."""
-    conditioner = engine.embedders
-    marked = conditioner is not None and "txt" in conditioner.uc_zero_inputs
-    return marked or preset.defaults.zero_uc_text
+def zeroes_uc_text(preset: Preset, negative: str) -> bool:
+    """True when uc replaces the text embeddings by zeros: no negative prompt on a preset that says
+    so (`defaults.zero_uc_text`, which thus also decides for text embedders marked zero_in_uc)."""
+    return not negative and preset.defaults.zero_uc_text
 
 
 def _batch(keys: tuple[str, ...], prompt: str, spec: TextCondition, aesthetic: float,
@@ -129,7 +129,7 @@ def conditioning(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCon
         raise GmError(f"preset '{preset.name}' needs conditioning input '{unknown[0]}', which image commands do not "
                       f"provide (they fill {', '.join(IMAGE_INPUTS)})", "use gm img2vid / orbit / video4d for it")
     conditioner.prompt_chunks([spec.prompt, spec.negative])  # checks the syntax (a <lora:...> tag) first
-    force_zero = set(conditioner.uc_zero_inputs) | ({"txt"} if preset.defaults.zero_uc_text else set())
+    force_zero = (set(conditioner.uc_zero_inputs) - {"txt"}) | ({"txt"} if zeroes_uc_text(preset, spec.negative) else set())
     # The inputs in which the uc batch differs from c's; when uc zeroes all of them (SDXL base: the
     # text), uc is c with those outputs zeroed, so the text encoders need not run on the negative.
     differs = {"txt"} | ({"aesthetic_score"} if spec.aesthetic_score != spec.negative_aesthetic_score else set())

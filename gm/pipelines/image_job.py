@@ -12,7 +12,9 @@ from typing import Literal
 from gm import presets
 from gm.addons import Addons, addons_from, check_tiling
 from gm.diffusion.recipe import check_names
+from gm.diffusion.schedules import TURBO_INDICES
 from gm.errors import UsageError
+from gm.pipelines.seeds import is_random, resolve_seed
 from gm.presets import Preset
 
 
@@ -44,6 +46,10 @@ class ImageJob:
     refiner: RefinerPlan | None = None
     checkpoint: str | None = None
     unsafe_pickle: bool = False
+    batch_size: int = 1  # images per sampler call (image k still draws its noise from seed + k)
+    prompt_from_inputs: bool = False  # gm refine without --prompt: each input's own metadata
+    negative_from_inputs: bool = False
+    seed_drawn: bool = False  # the seed was drawn (no --seed): said on stderr when the run starts
     addons: Addons = Addons()  # --lora (then the prompt's <lora:…> tags) and --vae
     prompt_loras: tuple[tuple[str, float], ...] = ()  # the prompt's <lora:name:w> tags
     vae_tiling: str = "auto"
@@ -90,8 +96,9 @@ def image_preset(name: str | Preset, overrides: list[str] | tuple[str, ...] = ()
     return preset
 
 
-def image_job(preset: Preset, command: Literal["txt2img", "refine", "turbo"], *, prompt: str = "",
-              negative: str = "", seed: int | None = None, count: int = 1, out_dir: Path | None = None,
+def image_job(preset: Preset, command: Literal["txt2img", "refine", "turbo"], *, prompt: str | None = "",
+              negative: str | None = "", seed: int | str | None = None, count: int = 1, batch_size: int = 1,
+              out_dir: Path | None = None,
               steps: int | None = None, sampler: str | None = None, scheduler: str | None = None,
               cfg: float | None = None, width: int | None = None, height: int | None = None, aspect: str | None = None,
               init_images: tuple[Path, ...] = (), strength: float | None = None, refiner: str | Preset | None = None,
@@ -99,23 +106,33 @@ def image_job(preset: Preset, command: Literal["txt2img", "refine", "turbo"], *,
               refiner_checkpoint: str | None = None, checkpoint: str | None = None,
               unsafe_pickle: bool = False, loras: tuple = (), vae: str | None = None,
               vae_tiling: str = "auto") -> tuple[Preset, ImageJob]:
-    """(effective preset, job) from the preset's defaults and the user's options (None = default)."""
+    """(effective preset, job) from the preset's defaults and the user's options (None = default).
+    Seeds: None or -1 draws a fresh one, "preset" takes the preset's (gm.pipelines.seeds). gm refine
+    with prompt None takes each input's prompt (and, with negative None too, its negative) from the
+    file's metadata. Turbo img2img without `steps` runs the whole 4-step turbo schedule, pruned by
+    the strength (default 0.5: one step)."""
     from gm.lora import extract_prompt_loras
 
-    tags = tuple(extract_prompt_loras(prompt)[1])
+    tags = tuple(extract_prompt_loras(prompt or "")[1])
     given = addons_from(loras, vae)
     extra = Addons(given.loras + tags, given.vae)
+    if command == "turbo" and init_images and steps is None:
+        steps = len(TURBO_INDICES)
     chosen = effective_preset(preset, steps, sampler, cfg, scheduler)
     plan = None
     if refiner is not None:  # the same steps / sampler / scheduler / CFG as the base
         plan = RefinerPlan(effective_preset(image_preset(refiner), steps, sampler, cfg, scheduler),
                            0.15 if refiner_strength is None else refiner_strength, finish is not False,
                            refiner_checkpoint)
-    default_strength = 0.3 if command == "refine" else 0.75
-    job = ImageJob(command=command, prompt=prompt, negative=negative,
-                   seed=chosen.defaults.seed if seed is None else seed, count=count, out_dir=out_dir,
+    default_strength = {"refine": 0.3, "turbo": 0.5}.get(command, 0.75)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}", "e.g. --batch-size 4")
+    from_inputs = command == "refine" and prompt is None
+    job = ImageJob(command=command, prompt=prompt or "", negative=negative or "",
+                   seed=resolve_seed(seed, chosen.defaults.seed), count=count, out_dir=out_dir,
                    width=width, height=height, aspect=aspect, init_images=tuple(Path(p) for p in init_images),
                    strength=default_strength if strength is None else strength, refiner=plan,
-                   checkpoint=checkpoint, unsafe_pickle=unsafe_pickle, addons=extra, prompt_loras=tags,
-                   vae_tiling=check_tiling(vae_tiling))
+                   checkpoint=checkpoint, unsafe_pickle=unsafe_pickle, batch_size=min(batch_size, max(count, 1)),
+                   prompt_from_inputs=from_inputs, negative_from_inputs=from_inputs and negative is None,
+                   seed_drawn=is_random(seed), addons=extra, prompt_loras=tags, vae_tiling=check_tiling(vae_tiling))
     return chosen, job

@@ -47,6 +47,7 @@ from gm.pipelines.common import (
     sigmas_for,
     weight_bytes,
 )
+from gm.pipelines.seeds import announce, is_random, resolve_seed
 from gm.presets import Preset
 
 # Peak bytes per output pixel of one frame in the fp32 temporal VAE decoder: measured 3590 B/px on
@@ -70,17 +71,20 @@ class VideoRequest:
     decoding_t: int = 0  # frames per VAE decode call; 0 = automatic
     fps_id: int = 6
     motion_bucket_id: int = 127
+    seed_drawn: bool = False  # no --seed: the drawn seed is said on stderr when a clip starts
 
 
 def request_from_preset(preset: Preset, frames: int | None = None, steps: int | None = None,
-                        seed: int | None = None, cond_aug: float | None = None, decoding_t: int | None = None,
+                        seed: int | str | None = None, cond_aug: float | None = None, decoding_t: int | None = None,
                         fps_id: int | None = None, motion_bucket_id: int | None = None) -> VideoRequest:
-    """Command-line values over the preset's defaults, checked (frames >= 1, steps >= 1, ...)."""
+    """Command-line values over the preset's defaults, checked (frames >= 1, steps >= 1, ...); the
+    seed as gm.pipelines.seeds resolves it (None or -1: a fresh one, "preset": the preset's)."""
     d = preset.defaults
     req = VideoRequest(
         frames=d.frames if frames is None else frames,
         steps=preset.sampler.steps if steps is None else steps,
-        seed=d.seed if seed is None else seed,
+        seed=resolve_seed(seed, d.seed),
+        seed_drawn=is_random(seed),
         cond_aug=d.cond_aug if cond_aug is None else cond_aug,
         decoding_t=preset.perf.decoding_t if decoding_t is None else decoding_t,
         fps_id=getattr(d, "fps_id", 6) if fps_id is None else fps_id,  # orbit presets have none (unused)
@@ -190,6 +194,7 @@ def sample_clip(engine: Engine, preset: Preset, runtime: Runtime, image: torch.T
     t = request.frames
     _, _, height, width = image.shape
     check_size(preset, height, width)
+    announce(request.seed, request.seed_drawn)
     generator = dev.cpu_generator(request.seed)
     eps = torch.randn(image.shape, generator=generator, dtype=torch.float32)  # (1, 3, H, W)
     batch = build_batch(engine, image, image + request.cond_aug * eps, scalars, t)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gm.errors import UsageError
+from gm.pipelines.seeds import resolve_seed
 from gm.pipelines.video4d_camera import sv4d2_camera, sv4d_camera
 from gm.preset_numbers import MAX_SIDE
 from gm.presets import Preset
@@ -72,18 +73,19 @@ def sv3d_preset(name: str) -> Preset:
 
 
 def video4d_request(preset: Preset, source: str, *, frames: int | None = None, steps: int | None = None,
-                    seed: int | None = None, size: int | None = None, frame_ratio: float | None = None,
+                    seed: int | str | None = None, size: int | None = None, frame_ratio: float | None = None,
                     elevations: float | list[float] | tuple[float, ...] | None = None,
                     azimuths: list[float] | tuple[float, ...] | None = None, encoding_t: int | None = None,
                     decoding_t: int | None = None, remove_bg: bool = False, pad: bool = False,
                     sv3d: str = "sv3d-u") -> Video4DRequest:
-    """The request with every unset option taken from the preset (None = its default)."""
+    """The request with every unset option taken from the preset (None = its default), but the seed:
+    None or -1 draws a fresh one, "preset" takes the preset's (gm.pipelines.seeds; the run logs it)."""
     d = preset.defaults
     return Video4DRequest(
         source=source,
         frames=d.frames if frames is None else frames,
         steps=preset.sampler.steps if steps is None else steps,
-        seed=d.seed if seed is None else seed,
+        seed=resolve_seed(seed, d.seed),
         size=d.height if size is None else size,
         frame_ratio=d.image_frame_ratio if frame_ratio is None else frame_ratio,
         elevations=d.elevation_deg if elevations is None else

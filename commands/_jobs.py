@@ -22,13 +22,13 @@ JobsOpt = Annotated[str | None, typer.Option(
     "OUT/manifest.jsonl; a re-run resumes; torchrun shards the jobs.", rich_help_panel=MAIN)]
 
 # Line options (name -> JSON type) per command; the rest of the command line applies to every job.
-_PROMPT = {"prompt": str, "seed": int, "steps": int, "width": int, "height": int, "num": int, "n": int}
+_PROMPT = {"prompt": str, "seed": (int, str), "steps": int, "width": int, "height": int, "num": int, "n": int}
 _SAMPLING = {"negative": str, "sampler": str, "scheduler": str, "cfg": float}
 IMAGE_OPTIONS: dict[str, dict[str, Any]] = {
     "txt2img": {**_PROMPT, **_SAMPLING, "aspect": str, "init_image": Path, "strength": float,
                 "refiner_strength": float, "finish": bool},
     "turbo": _PROMPT,
-    "refine": {"input": (Path, list), "prompt": str, "seed": int, "steps": int, "strength": float, **_SAMPLING},
+    "refine": {"input": (Path, list), "prompt": str, "seed": (int, str), "steps": int, "strength": float, **_SAMPLING},
 }
 
 
@@ -44,7 +44,13 @@ def batch_mode(jobs: str | None, given: bool, what: str) -> bool:
 
 
 def merge(defaults: Mapping[str, Any], line: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
-    """The command-line values overridden by a line's options (line names renamed to the command's)."""
+    """The command-line values overridden by a line's options (line names renamed to the command's).
+
+    A job with no seed (neither on its line nor --seed) gets one derived from its line, so a re-run
+    of the file makes the same job (and resumes it) instead of drawing a fresh seed each time."""
+    import hashlib
+    import json
+
     from gm.errors import UsageError
 
     renamed: dict[str, Any] = {}
@@ -53,7 +59,11 @@ def merge(defaults: Mapping[str, Any], line: Mapping[str, Any], renames: Mapping
         if name in renamed:
             raise UsageError(f"'{key}' and another name of the same option are both given")
         renamed[name] = value
-    return {**defaults, **renamed}
+    merged = {**defaults, **renamed}
+    if "seed" in merged and merged["seed"] is None:
+        text = json.dumps(line, sort_keys=True, default=str).encode()
+        merged["seed"] = int.from_bytes(hashlib.sha256(text).digest()[:4], "big") % 2**31
+    return merged
 
 
 def runtime_of(common: Common, device: str | None) -> Callable[[Any], Any]:
@@ -67,14 +77,17 @@ def runtime_of(common: Common, device: str | None) -> Callable[[Any], Any]:
     return runtime
 
 
-def load_model(common: Common, preset: Any, ranks: Any) -> Any:
-    """One gm.api.Model of `preset` for this process (the command's loader and runtime)."""
+def load_model(common: Common, preset: Any, ranks: Any, addons: Any = None) -> Any:
+    """One gm.api.Model of `preset` for this process (the command's loader and runtime; `addons`:
+    the LoRAs / VAE of the command line, merged once for every job)."""
+    from gm.addons import Addons
     from gm.api import Model
     from gm.loader import load
 
     runtime = runtime_of(common, ranks.device)(preset)
-    path = common.checkpoint
-    return Model(preset, load(preset, runtime, path, common.unsafe_pickle), runtime, path, common.unsafe_pickle)
+    path, addons = common.checkpoint, addons or Addons()
+    return Model(preset, load(preset, runtime, path, common.unsafe_pickle, addons), runtime, path,
+                 common.unsafe_pickle, addons)
 
 
 def serve(common: Common, jobs: str, out: str | Path, options: Mapping[str, Any], validate: Callable[[dict], Any],
@@ -112,6 +125,7 @@ def image_jobs(common: Common, command: str, jobs: str, out: str, cli: dict[str,
     import sys
 
     from gm import presets
+    from gm.addons import addons_from
     from gm.errors import UsageError
     from gm.io.files import expand_inputs
     from gm.io.media import IMAGE_SUFFIXES
@@ -119,14 +133,17 @@ def image_jobs(common: Common, command: str, jobs: str, out: str, cli: dict[str,
     from gm.pipelines.image import refine, txt2img
     from gm.pipelines.image_job import image_job, image_preset
 
-    from ._image import requires
+    from ._image import requires, with_vae_dtype
 
-    base = image_preset(common.preset, common.overrides or [])
+    base = with_vae_dtype(image_preset(common.preset, common.overrides or []), cli.get("vae_dtype"), cli.get("vae"))
     if common.show_preset:
         sys.stdout.write(presets.to_toml(base))
         raise typer.Exit(0)
     run = refine if command == "refine" else txt2img
     fixed = {k: cli[k] for k in ("refiner", "refiner_checkpoint") if cli.get(k) is not None}
+    refiner = bool(fixed)
+    fixed.update(loras=tuple(cli.get("lora") or ()), vae=cli.get("vae"), vae_tiling=cli.get("vae_tiling") or "auto")
+    extra = addons_from(fixed["loras"], fixed["vae"])
     defaults = {k: v for k, v in cli.items() if k in IMAGE_OPTIONS[command] or k == "images"}
 
     def validate(line: dict[str, Any]) -> tuple[Any, Any]:
@@ -135,7 +152,7 @@ def image_jobs(common: Common, command: str, jobs: str, out: str, cli: dict[str,
             raise UsageError(f"no '{'input' if command == 'refine' else 'prompt'}' in this job")
         if command == "txt2img":
             requires("--init-image", o["init_image"] is not None, {"--strength": o["strength"] is not None})
-            requires("--refiner", "refiner" in fixed, {"--refiner-strength": o["refiner_strength"] is not None,
+            requires("--refiner", refiner, {"--refiner-strength": o["refiner_strength"] is not None,
                                                        "--finish/--no-finish": o["finish"] is not None})
             init = o.pop("init_image")
             o["init_images"] = () if init is None else (Path(init),)
@@ -151,9 +168,9 @@ def image_jobs(common: Common, command: str, jobs: str, out: str, cli: dict[str,
         return preset, job
 
     def load(ranks: Any) -> Any:
-        if fixed:  # the refiner: loaded at the first job, kept for the others
+        if refiner:  # the refiner: loaded at the first job, kept for the others
             keep_loaded(True)
-        return load_model(common, base, ranks)
+        return load_model(common, base, ranks, extra)
 
     def run_one(model: Any, value: tuple[Any, Any], folder: Path) -> dict[str, Any]:
         preset, job = value
@@ -164,5 +181,5 @@ def image_jobs(common: Common, command: str, jobs: str, out: str, cli: dict[str,
         serve(common, jobs, out, IMAGE_OPTIONS[command], validate, load, run_one, command,
               prompt_key=None if command == "refine" else "prompt")
     finally:
-        if fixed:
+        if refiner:
             keep_loaded(False)

@@ -14,11 +14,11 @@ from ._jobs import load_model, merge, runtime_of, serve
 
 _INPUTS = (Path, list)
 _CAMERA = {"elevation": float, "elevations": (str, list), "azimuths": (str, list), "image_frame_ratio": float}
-_CLIP = {"input": _INPUTS, "steps": int, "seed": int, "decoding_t": int, "fps": float, "format": str}
+_CLIP = {"input": _INPUTS, "steps": int, "seed": (int, str), "decoding_t": int, "fps": float, "format": str}
 VIDEO_OPTIONS: dict[str, dict[str, Any]] = {
     "img2vid": {**_CLIP, "frames": int, "fps_id": int, "motion_bucket_id": int, "cond_aug": float},
     "orbit": {**_CLIP, **_CAMERA, "remove_bg": bool},
-    "video4d": {"input": Path, "steps": int, "seed": int, "decoding_t": int, "frames": int, "img_size": int,
+    "video4d": {"input": Path, "steps": int, "seed": (int, str), "decoding_t": int, "frames": int, "img_size": int,
                 **_CAMERA, "remove_bg": bool, "pad": bool},
 }
 _RENAMES = {"input": "images", "format": "fmt"}

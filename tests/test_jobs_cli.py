@@ -89,10 +89,14 @@ def test_txt2img_jobs_match_single_commands_with_one_load(tmp_path: Path, loads:
     assert code == 0, err
     assert loads == ["tiny-sd21"]
     records = manifest.read_records(tmp_path / "out" / manifest.MANIFEST)
+    from commands._jobs import merge
+
+    derived = merge({"seed": None}, {"prompt": "a blue bird"}, {})["seed"]  # no seed: one derived from the line
+    assert derived == merge({"seed": None}, {"prompt": "a blue bird"}, {})["seed"] != 42
     assert [(r["job"], r["line"], r["seeds"]) for r in records] == [
-        ("job-000000", 1, [3]), ("job-000001", 2, [42]), ("fox", 3, [11, 12]), ("job-000003", 4, [5])]
+        ("job-000000", 1, [3]), ("job-000001", 2, [derived]), ("fox", 3, [11, 12]), ("job-000003", 4, [5])]
     assert out.split() == [str(tmp_path / "out" / f) for r in records for f in r["files"]]
-    singles = [["a red fox", "--seed", "3", "--steps", "2"], ["a blue bird", "--steps", "2"],
+    singles = [["a red fox", "--seed", "3", "--steps", "2"], ["a blue bird", "--seed", str(derived), "--steps", "2"],
                ["a red fox", "--seed", "11", "--steps", "3", "--sampler", "euler_a", "--cfg", "3.5", "-n", "2"],
                ["a cat", "--negative", "blurry", "-W", "128", "-H", "64", "--seed", "5", "--steps", "2"]]
     for record, args in zip(records, singles, strict=True):
@@ -166,7 +170,7 @@ def test_img2vid_orbit_video4d_jobs_match_single_runs(tmp_path: Path, loads: lis
           ({"input": [IMAGE], "seed": 4, "frames": 3, "motion_bucket_id": 30},
            [IMAGE, "--seed", "4", "--frames", "3", "--motion-bucket-id", "30"])]),
         ("orbit", "tiny-sv3d-p", ["--steps", "1", "--no-remove-bg"],
-         [({"input": IMAGE, "elevation": 20}, [IMAGE, "--elevation", "20"]),
+         [({"input": IMAGE, "elevation": 20, "seed": 6}, [IMAGE, "--elevation", "20", "--seed", "6"]),
           ({"input": IMAGE, "seed": 5, "azimuths": AZIMUTHS},
            [IMAGE, "--seed", "5", "--azimuths", ",".join(map(str, AZIMUTHS))])]),
         ("video4d", "tiny-sv4d2", ["--frames", "12", "--img-size", "64", "--steps", "1"],

@@ -61,6 +61,7 @@ from gm.pipelines.image_cond import (
 from gm.pipelines.image_input import load_image, native_size
 from gm.pipelines.image_job import ImageJob, RefinerPlan, check_strength
 from gm.presets import Preset
+from gm.provenance import engine_record
 
 
 def _uses_uc(guider: object) -> bool:
@@ -225,9 +226,10 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
         shape = geometry(preset).shape(height, width)
         starts = (noise_like(shape, g, runtime) for g in generators)
     latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample", noise_fns)
-    fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))
+    source = engine_record(engine)  # the file loaded: its stem and Model hash
+    fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset), source)
     record = run_record(job.command, preset, job.seed, prompt=job.prompt, negative_prompt=negative, width=width,
-                        height=height)
+                        height=height, checkpoint=source)
     if job.negative != negative:
         record["negative_prompt_ignored"] = job.negative
     if init is not None:
@@ -240,7 +242,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
         fields["Refiner"] = refiner.preset.name
         fields["Refiner switch at"] = round((len(sigmas) - 1) / max(len(full) - 1, 1), 4)
         record["refiner"] = {"preset": refiner.preset.to_dict(), "strength": refiner.strength,
-                             "finish": refiner.finish}
+                             "finish": refiner.finish, "checkpoint": engine_record(engine)}
     images = _decode_all(engine, runtime, latents)
     yield from image_results(images, job.out_dir, job.prompt, fields, record, job.seed)
 
@@ -273,6 +275,7 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Itera
     negative = _negative_for(engine, preset, job)
     sigmas = _img2img(sigmas_for(preset.sampler), job.strength, "--strength")
     denoisers: dict[tuple[int, int], object] = {}
+    source = engine_record(engine)
     for i, (path, (width, height)) in enumerate(zip(job.init_images, sizes, strict=True)):
         if (width, height) not in denoisers:
             spec = TextCondition(job.prompt, negative, height, width,
@@ -284,9 +287,10 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Itera
         (latent,) = _sample_all(preset, runtime, engine, denoisers[(width, height)],
                                 [_renoise(z, sigmas, generator, runtime)], sigmas, [generator],
                                 f"refine {i + 1}/{len(job.init_images)}")
-        fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset))
+        fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset), source)
         fields["Denoising strength"] = job.strength
         record = run_record(job.command, preset, job.seed + i, prompt=job.prompt, negative_prompt=negative,
-                            width=width, height=height, init_image=str(path), strength=job.strength)
+                            width=width, height=height, init_image=str(path), strength=job.strength,
+                            checkpoint=source)
         yield from image_results(_decode_all(engine, runtime, [latent]), job.out_dir, job.prompt, fields, record,
                                  job.seed + i)

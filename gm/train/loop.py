@@ -46,6 +46,7 @@ from gm.train.run import (
 )
 from gm.train.schedules import lr_factor
 from gm.train.tars import TarBatches, expand_urls
+from gm.threads import pick_threads
 
 
 @dataclass
@@ -96,7 +97,11 @@ def train(opts: TrainOptions) -> TrainResult:
     validate(preset)
     if data_cfg.batch_size % d.world:
         raise presets.PresetError(f"data.batch_size {data_cfg.batch_size} is not divisible by {d.world} processes")
-    if cfg.num_threads:
+    if device.type == "cpu":  # 0 = what is free: extra threads on busy cores slow small models down
+        threads, why = pick_threads(cfg.num_threads)
+        torch.set_num_threads(threads)
+        console.log(f"training on {why}")
+    elif cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     apply_speed_settings(device)
     if run_dir is None and d.main:

@@ -173,3 +173,27 @@ def test_training_weights_are_found_where_gm_download_put_them(tmp_path: Path,
     monkeypatch.setenv("GM_CHECKPOINTS", str(tmp_path / "models"))
     found = _weights(preset, "vae_checkpoint", "checkpoints/sdxl_vae.safetensors", "VAE", "sdxl-vae")
     assert found.resolve() == (folder / "sdxl_vae.safetensors").resolve()
+
+
+def test_training_threads_follow_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gm import threads
+    from gm.train.loop import set_threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 2.6)
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice stands
+        set_threads(0, torch.device("cpu"))
+        assert torch.get_num_threads() == before
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        set_threads(0, torch.device("cpu"))
+        assert torch.get_num_threads() == 1  # 4 cores, ~3 busy
+        monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
+        set_threads(0, torch.device("cpu"))
+        assert torch.get_num_threads() == 4
+        set_threads(1, torch.device("cpu"))  # digits-demo pins one
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert presets.load("digits-demo").to_dict()["train"]["num_threads"] == 1

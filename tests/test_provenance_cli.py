@@ -197,3 +197,17 @@ def test_training_threads_follow_the_free_cores(monkeypatch: pytest.MonkeyPatch)
     finally:
         torch.set_num_threads(before)
     assert presets.load("digits-demo").to_dict()["train"]["num_threads"] == 1
+
+
+def test_video4d_records_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from gm.pipelines.video4d import files_used
+
+    sv4d, sv3d = presets.load(str(PRESETS / "tiny-sv4d.toml")), presets.load(SV3D)
+    made = {p.name: make_checkpoint(p, tmp_path / "ckpt") for p in (sv4d, sv3d)}
+    monkeypatch.setenv("GM_CHECKPOINTS", str(tmp_path / "ckpt"))
+    used = files_used(sv4d, SimpleNamespace(sv3d_preset=SV3D))  # type: ignore[arg-type]
+    assert used == {"checkpoint": provenance.file_record(made["tiny-sv4d"]),
+                    "sv3d_checkpoint": provenance.file_record(made["tiny-sv3d-u"])}
+    assert used["sv3d_checkpoint"]["sha256_10"] == hashlib.sha256(made["tiny-sv3d-u"].read_bytes()).hexdigest()[:10]

@@ -57,8 +57,11 @@ def test_png_names_the_file_used_and_hashes_it_once(finetune: Path, tmp_path: Pa
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     sha = hashlib.sha256(finetune.read_bytes()).hexdigest()
     out = tmp_path / "out"
+    hashers = []
+    monkeypatch.setattr(provenance.hashlib, "sha256", lambda *a: hashers.append(hashlib.new("sha256", *a)) or hashers[-1])
     r = invoke("txt2img", "a fox", "-p", BASE, "--checkpoint", str(finetune), "--steps", "1", "-n", "2", "-o", str(out))
     assert r.exit_code == 0, r.output
+    assert len(hashers) == 1  # one hash for the run, not one per image
     for path in r.stdout.split():
         text = read_png_text(Path(path))
         assert text["parameters"].endswith(f"Model: finetune, Model hash: {sha[:10]}")

@@ -8,6 +8,7 @@ so that `gm --help` stays fast.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import sys
 from collections.abc import Callable
@@ -48,6 +49,13 @@ UnsafePickleOpt = Annotated[bool, typer.Option("--unsafe-pickle", help="Allow lo
                                                rich_help_panel=MAIN)]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the preset's).", rich_help_panel=SAMPLING)]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)]
+PlanOpt = Annotated[bool, typer.Option("--plan", help="Print the GPU memory plan of this run (per phase: weights, "
+                                        "activations, peak; --json for one JSON object) and exit; loads nothing.",
+                                        rich_help_panel=PERF)]
+MaxVramOpt = Annotated[float | None, typer.Option("--max-vram", metavar="GB", help="Fit the run in this much GPU "
+                                                  "memory (default: the CUDA device's free memory): fewer frames per "
+                                                  "VAE call, CFG in two passes, --low-vram staging, as the plan needs.",
+                                                  rich_help_panel=PERF)]
 
 
 def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False, json_mode: bool = False) -> T:
@@ -116,6 +124,8 @@ class Common:
     json_mode: bool
     quiet: bool
     debug: bool
+    plan: bool = False
+    max_vram: float | None = None
 
     def load_preset(self, family: str, expected: str, hint: str, name: str | None = None) -> Any:
         """The preset with --set applied, of the command's family (UsageError otherwise); with
@@ -147,7 +157,8 @@ def _common_parameters(preset_default: str, preset_help: str) -> list[inspect.Pa
         ("checkpoint", CheckpointOpt, None), ("unsafe_pickle", UnsafePickleOpt, False), ("overrides", SetOpt, None),
         ("device", DeviceOpt, "auto"), ("dtype", DtypeOpt, "auto"), ("low_vram", LowVramOpt, False),
         ("compile_", CompileOpt, False), ("show_preset", ShowPresetOpt, False), ("json_mode", JsonOpt, False),
-        ("quiet", QuietOpt, False), ("debug", DebugOpt, False),
+        ("quiet", QuietOpt, False), ("debug", DebugOpt, False), ("plan", PlanOpt, False),
+        ("max_vram", MaxVramOpt, None),
     ]
     return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=tp, default=default)
             for name, tp, default in options]
@@ -165,8 +176,9 @@ def command(app: typer.Typer, name: str, *, help: str, preset: str, preset_help:
 
         def cli(**values: Any) -> None:
             common = Common(**{n: values.pop(n) for n in names})
-            run(lambda: body(with_preset(common, name, preset), **values), quiet=common.quiet, debug=common.debug,
-                json_mode=common.json_mode)
+            # In a copy of the context: settings a run chooses for itself (two-pass CFG) end with it.
+            run(lambda: contextvars.copy_context().run(body, with_preset(common, name, preset), **values),
+                quiet=common.quiet, debug=common.debug, json_mode=common.json_mode)
 
         cli.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
         cli.__name__ = name.replace("-", "_")

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import MAIN, OUTPUT, SAMPLING, Common
+from ._common import MAIN, OUTPUT, PERF, SAMPLING, Common
+from ._plan import plan_images
 
 PRESET_HELP = "Preset name or .toml path."
 NegativeOpt = Annotated[str, typer.Option(
@@ -32,6 +33,18 @@ CountOpt = Annotated[int, typer.Option("-n", "--num", help="Number of images; im
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the preset's).",
                                              rich_help_panel=SAMPLING)]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)]
+LoraOpt = Annotated[list[str] | None, typer.Option(
+    "--lora", metavar="FILE[:SCALE]", help="Merge a LoRA (.safetensors, or a name found in $GM_CHECKPOINTS, "
+    "./checkpoints or their loras/ folder) at SCALE (default 1); repeatable. <lora:NAME:W> in the prompt does "
+    "the same.", rich_help_panel=MAIN)]
+VaeOpt = Annotated[str | None, typer.Option("--vae", metavar="FILE", help="Use this VAE (.safetensors) in place of "
+                                            "the checkpoint's, e.g. the fp16-fix SDXL VAE.", rich_help_panel=MAIN)]
+VaeTilingOpt = Annotated[str, typer.Option("--vae-tiling", metavar="auto|on|off", help="Decode (and encode) the "
+                                           "image in overlapping tiles: auto = when the estimated memory exceeds "
+                                           "the free GPU memory.", rich_help_panel=PERF)]
+VaeDtypeOpt = Annotated[str | None, typer.Option("--vae-dtype", metavar="fp16|bf16|fp32", help="VAE precision "
+                                                 "(default: the preset's, fp32); fp16 needs an fp16-safe VAE such as "
+                                                 "the fp16-fix SDXL VAE (--vae).", rich_help_panel=PERF)]
 
 
 def requires(needed: str, present: bool, given: dict[str, bool]) -> None:
@@ -54,7 +67,10 @@ def run_images(common: Common, command: str, out: str, **options: Any) -> None:
     from gm.pipelines.image import refine, txt2img
     from gm.pipelines.image_job import image_job, image_preset
 
-    preset, job = image_job(image_preset(common.preset, common.overrides or []), command,  # type: ignore[arg-type]
+    preset = with_vae_dtype(image_preset(common.preset, common.overrides or []), options.pop("vae_dtype", None),
+                            options.get("vae"))
+    options["loras"] = tuple(options.pop("lora", None) or ())
+    preset, job = image_job(preset, command,  # type: ignore[arg-type]
                             out_dir=Path(out), checkpoint=common.checkpoint, unsafe_pickle=common.unsafe_pickle,
                             **options)
     if common.show_preset:
@@ -62,6 +78,23 @@ def run_images(common: Common, command: str, out: str, **options: Any) -> None:
 
         sys.stdout.write(presets.to_toml(preset))
         raise typer.Exit(0)
+    common, job = plan_images(common, preset, job)  # --plan prints and exits; --max-vram fits
     run = refine if command == "refine" else txt2img
     for result in run(preset, common.runtime(preset), job):
         console.result(result.path, seed=result.seed, prompt=result.prompt)
+
+
+def with_vae_dtype(preset: Any, vae_dtype: str | None, vae: str | None) -> Any:
+    """--vae-dtype written into the preset's [perf] table (the outputs record it)."""
+    from gm import presets
+    from gm.console import console
+    from gm.errors import UsageError
+
+    if vae_dtype is None:
+        return preset
+    if vae_dtype not in ("fp16", "bf16", "fp32"):
+        raise UsageError(f"--vae-dtype must be fp16, bf16 or fp32, got {vae_dtype!r}", "e.g. --vae-dtype fp16")
+    if vae_dtype == "fp16" and vae is None:
+        console.warn("--vae-dtype fp16 with the checkpoint's own VAE: the SDXL VAE overflows in fp16 (NaN); "
+                     "use an fp16-safe VAE with --vae (e.g. the fp16-fix SDXL VAE)")
+    return presets.replace(preset, "perf", vae_dtype=vae_dtype)

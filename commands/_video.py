@@ -43,6 +43,7 @@ def output_spec(command: str, preset_name: str, out: str | None, fmt: str, fps: 
     from pathlib import Path
 
     from gm.errors import UsageError
+    from gm.io.files import ensure_dir
     from gm.outputs import FORMATS, OutputSpec
 
     if fmt not in FORMATS:
@@ -51,6 +52,7 @@ def output_spec(command: str, preset_name: str, out: str | None, fmt: str, fps: 
     if not 0 < rate <= 240:
         raise UsageError(f"--fps must be in (0, 240], got {rate:g}")
     folder = Path(out) if out else Path("outputs") / command / preset_name
+    ensure_dir(folder)  # an --out that cannot be made fails now, not after sampling (a failed run removes it)
     return OutputSpec(out_dir=folder, format=fmt, fps=rate, input_suffix=input_suffix)  # type: ignore[arg-type]
 
 

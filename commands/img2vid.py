@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ._common import SAMPLING, Common, command
+from ._plan import plan_video
 from ._video import DecodingTOpt, FormatOpt, FpsOpt, SeedOpt, StepsOpt, VideoOutOpt, output_spec, run_clips
 
 HELP = """Animate images into short videos (SVD, SVD-XT, SVD-XT 1.1).
@@ -28,7 +29,7 @@ def register(app: typer.Typer) -> None:
         frames: Annotated[int | None, typer.Option("--frames", "-n", help="Frames to generate (default: 14, XT 25).",
                                                    rich_help_panel=SAMPLING)] = None,
         steps: StepsOpt = None,
-        fps_id: Annotated[int | None, typer.Option("--fps-id", help="Frame-rate conditioning (default 6).",
+        fps_id: Annotated[int | None, typer.Option("--fps-id", help="Frame-rate conditioning, 0-239 (default 6).",
                                                    rich_help_panel=SAMPLING)] = None,
         motion_bucket_id: Annotated[int | None, typer.Option(
             "--motion-bucket-id", help="Amount of motion, 0-255 (default 127).", rich_help_panel=SAMPLING)] = None,
@@ -46,5 +47,6 @@ def register(app: typer.Typer) -> None:
                                     "use svd, svd-xt or svd-xt-1.1; gm orbit runs sv3d-u/p")
         request = request_from_preset(preset, frames=frames, steps=steps, seed=seed, cond_aug=cond_aug,
                                       decoding_t=decoding_t, fps_id=fps_id, motion_bucket_id=motion_bucket_id)
+        request, common = plan_video(common, preset, request)  # --plan prints and exits
         output = output_spec("img2vid", preset.name, out, fmt, fps, default_fps=request.fps_id + 1)
         run_clips(common, "img2vid", preset, images, output, request)

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ._common import SAMPLING, Common, command
+from ._plan import plan_video
 from ._video import (
     DecodingTOpt,
     FormatOpt,
@@ -59,6 +60,7 @@ def register(app: typer.Typer) -> None:
         preset = common.load_preset("orbit", "an orbit model", "use sv3d-u or sv3d-p")
         elevations_deg, azimuths_deg = camera_options(elevation, elevations, azimuths)
         request = request_from_preset(preset, steps=steps, seed=seed, decoding_t=decoding_t)
+        request, common = plan_video(common, preset, request)  # --plan prints and exits
         output = output_spec("orbit", preset.name, out, fmt, fps, default_fps=10.0, input_suffix=".png")
         run_clips(common, "orbit", preset, images, output, request, elevations_deg=elevations_deg,
                   azimuths_deg=azimuths_deg, frame_ratio=image_frame_ratio, remove_bg=remove_bg)

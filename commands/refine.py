@@ -8,7 +8,20 @@ from typing import Annotated
 import typer
 
 from ._common import MAIN, Common, command
-from ._image import CfgOpt, NegativeOpt, OutOpt, SamplerOpt, SchedulerOpt, SeedOpt, StepsOpt, run_images
+from ._image import (
+    CfgOpt,
+    LoraOpt,
+    NegativeOpt,
+    OutOpt,
+    SamplerOpt,
+    SchedulerOpt,
+    SeedOpt,
+    StepsOpt,
+    VaeDtypeOpt,
+    VaeOpt,
+    VaeTilingOpt,
+    run_images,
+)
 
 HELP = (
     "Refine existing images (img2img) with the SDXL refiner or another image preset.\n\n"
@@ -34,6 +47,10 @@ def register(app: typer.Typer) -> None:
         scheduler: SchedulerOpt = None,
         cfg: CfgOpt = None,
         seed: SeedOpt = None,
+        lora: LoraOpt = None,
+        vae: VaeOpt = None,
+        vae_tiling: VaeTilingOpt = "auto",
+        vae_dtype: VaeDtypeOpt = None,
         out: OutOpt = "outputs/refine",
     ) -> None:
         from gm.io.files import expand_inputs
@@ -41,4 +58,5 @@ def register(app: typer.Typer) -> None:
 
         run_images(common, "refine", out, prompt=prompt, negative=negative, strength=strength, steps=steps,
                    sampler=sampler, scheduler=scheduler, cfg=cfg, seed=seed,
-                   init_images=tuple(expand_inputs(images, IMAGE_SUFFIXES, "image")))
+                   init_images=tuple(expand_inputs(images, IMAGE_SUFFIXES, "image")),
+                   lora=lora, vae=vae, vae_tiling=vae_tiling, vae_dtype=vae_dtype)

@@ -51,6 +51,8 @@ def register(app: typer.Typer) -> None:
 
             if not preset and not resume:
                 raise UsageError("give a training preset or --resume RUN", "e.g. gm train digits-demo")
+            if lr is not None and not 0 < lr < float("inf"):  # NaN fails too; before any data or model
+                raise UsageError(f"--lr must be a positive finite number, got {lr}", "e.g. --lr 1e-4")
             result = train(TrainOptions(preset=preset, out=out, resume=resume, max_steps=max_steps,
                                         batch_size=batch_size, lr=lr, seed=seed, device=device,
                                         overrides=tuple(set_ or ())))

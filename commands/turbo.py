@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ._common import MAIN, SAMPLING, Common, command
-from ._image import CountOpt, OutOpt, SeedOpt, run_images
+from ._image import CountOpt, LoraOpt, OutOpt, SeedOpt, VaeDtypeOpt, VaeOpt, VaeTilingOpt, run_images
 
 HELP = (
     "Generate images in 1-4 steps with SDXL-Turbo or SD-Turbo (512x512).\n\n"
@@ -29,6 +29,11 @@ def register(app: typer.Typer) -> None:
                                                    rich_help_panel=MAIN)] = None,
         seed: SeedOpt = None,
         num: CountOpt = 1,
+        lora: LoraOpt = None,
+        vae: VaeOpt = None,
+        vae_tiling: VaeTilingOpt = "auto",
+        vae_dtype: VaeDtypeOpt = None,
         out: OutOpt = "outputs/turbo",
     ) -> None:
-        run_images(common, "turbo", out, prompt=prompt, steps=steps, width=width, height=height, seed=seed, count=num)
+        run_images(common, "turbo", out, prompt=prompt, steps=steps, width=width, height=height, seed=seed, count=num,
+                   lora=lora, vae=vae, vae_tiling=vae_tiling, vae_dtype=vae_dtype)

@@ -12,12 +12,16 @@ from ._common import MAIN, SAMPLING, Common, command
 from ._image import (
     CfgOpt,
     CountOpt,
+    LoraOpt,
     NegativeOpt,
     OutOpt,
     SamplerOpt,
     SchedulerOpt,
     SeedOpt,
     StepsOpt,
+    VaeDtypeOpt,
+    VaeOpt,
+    VaeTilingOpt,
     requires,
     run_images,
 )
@@ -68,6 +72,10 @@ def register(app: typer.Typer) -> None:
         refiner_checkpoint: Annotated[str | None, typer.Option("--refiner-checkpoint", metavar="FILE",
                                                                help="Checkpoint file of the refiner.",
                                                                rich_help_panel=MAIN)] = None,
+        lora: LoraOpt = None,
+        vae: VaeOpt = None,
+        vae_tiling: VaeTilingOpt = "auto",
+        vae_dtype: VaeDtypeOpt = None,
         out: OutOpt = "outputs/txt2img",
     ) -> None:
         requires("--init-image", init_image is not None, {"--strength": strength is not None})
@@ -77,4 +85,5 @@ def register(app: typer.Typer) -> None:
         run_images(common, "txt2img", out, prompt=prompt, negative=negative, width=width, height=height,
                    aspect=aspect, init_images=(init_image,) if init_image is not None else (), strength=strength,
                    steps=steps, sampler=sampler, scheduler=scheduler, cfg=cfg, seed=seed, count=num, refiner=refiner,
-                   refiner_strength=refiner_strength, finish=finish, refiner_checkpoint=refiner_checkpoint)
+                   refiner_strength=refiner_strength, finish=finish, refiner_checkpoint=refiner_checkpoint,
+                   lora=lora, vae=vae, vae_tiling=vae_tiling, vae_dtype=vae_dtype)

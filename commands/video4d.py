@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._common import MAIN, OUTPUT, PERF, SAMPLING, Common, command
+from ._plan import plan_video4d
 from ._video import SeedOpt, camera_options
 
 HELP = """Make novel-view videos of the object in a video (SV4D 2.0 4-view or 8-view, SV4D).
@@ -71,6 +72,7 @@ def register(app: typer.Typer) -> None:
                                   frame_ratio=image_frame_ratio, elevations=elevations_deg, azimuths=azimuths_deg,
                                   encoding_t=encoding_t, decoding_t=decoding_t, remove_bg=remove_bg, pad=pad,
                                   sv3d=sv3d_preset)
+        request, common = plan_video4d(common, preset, request)  # --plan prints and exits
         folder = Path(out) if out else Path("outputs") / "video4d" / preset.name
         for path in video4d(preset, common.runtime, request, folder, common.checkpoint, sv3d_checkpoint,
                             unsafe_pickle=common.unsafe_pickle):

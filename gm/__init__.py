@@ -20,10 +20,13 @@ __all__ = ["load"]
 
 def load(preset: str | Path | Any, *, checkpoint: str | Path | None = None, device: str = "auto",
          dtype: str | None = None, low_vram: bool | None = None, compile: bool | None = None,
-         unsafe_pickle: bool = False, overrides: tuple[str, ...] = ()) -> Model:
-    """Load a preset (name, .toml path or Preset) and its checkpoint into a `gm.model.Model`."""
+         unsafe_pickle: bool = False, overrides: tuple[str, ...] = (), loras: Any = (),
+         vae: str | Path | None = None, vae_tiling: str = "auto") -> Model:
+    """Load a preset (name, .toml path or Preset) and its checkpoint into a `gm.model.Model`; `loras`
+    (("file or name", scale) pairs) are merged and `vae` replaces its VAE; `vae_tiling` (auto, on,
+    off; also `model.vae_tiling`) decides tiled VAE decode / encode."""
     from gm.api import Model
 
     return Model.load(str(preset) if isinstance(preset, Path) else preset, checkpoint=checkpoint, device=device,
                       dtype=dtype, low_vram=low_vram, compile=compile, unsafe_pickle=unsafe_pickle,
-                      overrides=tuple(overrides))
+                      overrides=tuple(overrides), loras=loras, vae=vae, vae_tiling=vae_tiling)

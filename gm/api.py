@@ -62,7 +62,8 @@ class Model(ModelBase):
         init = options.pop("init_image", None)
         images = tuple(Path(p) for p in ([init] if isinstance(init, (str, Path)) else (init or ())))
         preset, job = image_job(self.preset, command, prompt=prompt, count=options.pop("n", 1),  # type: ignore[arg-type]
-                                init_images=images, out_dir=_out_dir(command, save, out), **options)
+                                init_images=images, out_dir=_out_dir(command, save, out),
+                                vae_tiling=self.vae_tiling, **options)
         run = refine if command == "refine" else txt2img
         return [_with_record(_as(r.pixels, tensors), r.record) for r in run(preset, self.runtime, job, model=self)]
 

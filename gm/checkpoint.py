@@ -11,6 +11,7 @@ and attached with `load_state_dict(assign=True)`: no random init, no second copy
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from collections.abc import Callable, Iterable
@@ -67,6 +68,34 @@ def find_checkpoint(preset: Preset, explicit: str | Path | None = None) -> Path:
     )
 
 
+# Bytes per element of the safetensors dtypes (a header entry's data must be shape x this long).
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _entry_problem(entry: object) -> str:
+    """What is wrong with one header entry ("" if nothing): it must be {dtype, shape, data_offsets}
+    with a known dtype, whole non-negative numbers, and exactly the bytes its shape needs."""
+    if not isinstance(entry, dict):
+        return f"a {type(entry).__name__}, not a table of dtype, shape and data_offsets"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        return f"unknown dtype {dtype!r}"
+
+    def counts(v: object, n: int | None = None) -> bool:
+        return isinstance(v, list) and (n is None or len(v) == n) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+
+    if not counts(shape):
+        return f"shape {shape!r} is not a list of sizes"
+    if not counts(offsets, 2) or offsets[0] > offsets[1]:
+        return f"data_offsets {offsets!r} is not [begin, end]"
+    need = DTYPE_BYTES[dtype] * math.prod(shape)
+    if offsets[1] - offsets[0] != need:
+        return f"data_offsets span {offsets[1] - offsets[0]} bytes, its {dtype} shape {shape} needs {need}"
+    return ""
+
+
 def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor name -> (dtype, shape) from a safetensors header; truncated/corrupt files raise."""
     if path.suffix in PICKLE_SUFFIXES:
@@ -86,7 +115,15 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise CheckpointError(f"{path}: corrupt safetensors header", "download it again") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is JSON but not a tensor table (a {type(header).__name__})",
+                              "download it again (gm download --verify NAME checks it)")
     header.pop("__metadata__", None)
+    for key, entry in header.items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise CheckpointError(f"{path}: safetensors header is JSON but not a tensor table (tensor {key!r}: "
+                                  f"{problem})", "download it again (gm download --verify NAME checks it)")
     end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
     if 8 + n + end > size:
         missing = 8 + n + end - size

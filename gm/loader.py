@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from gm import addons as addon_files
 from gm import device as dev
+from gm.addons import Addons
 from gm.checkpoint import PICKLE_SUFFIXES, find_checkpoint, load_into, matched_keys, read_header
 from gm.console import console
 from gm.device import Runtime
@@ -74,22 +76,52 @@ def keep_loaded(on: bool) -> None:
 
 
 def load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None = None,
-         unsafe_pickle: bool = False) -> Engine:
-    """Strictly load the preset's checkpoint onto the runtime's home device (with progress), then
+         unsafe_pickle: bool = False, addons: Addons = Addons()) -> Engine:
+    """Strictly load the preset's checkpoint onto the runtime's home device (with progress), merge
+    `addons` (LoRAs, an external VAE; checked from their headers before the checkpoint loads), then
     apply the runtime's memory layout and --compile."""
     if _kept is None:
-        return _load(preset, runtime, checkpoint, unsafe_pickle)
-    key = (json.dumps(preset.to_dict(), sort_keys=True, default=str), runtime, str(checkpoint), unsafe_pickle)
+        return _load(preset, runtime, checkpoint, unsafe_pickle, addons)
+    key = (json.dumps(preset.to_dict(), sort_keys=True, default=str), runtime, str(checkpoint), unsafe_pickle,
+           _addons_key(addons))
     if key not in _kept:
-        _kept[key] = _load(preset, runtime, checkpoint, unsafe_pickle)
+        _kept[key] = _load(preset, runtime, checkpoint, unsafe_pickle, addons)
     return _kept[key]
 
 
-def _load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None, unsafe_pickle: bool) -> Engine:
+def check_addons(preset: Preset, addons: Addons) -> addon_files.Resolved | None:
+    """Read the LoRA files and match them and the VAE's header with the meta-built model, before any
+    checkpoint tensor is read (None: no add-ons)."""
+    if not addons:
+        return None
+    resolved = addon_files.resolve(addons)
+    with torch.device("meta"):
+        addon_files.check(resolved, build_engine(preset), preset.name)
+    return resolved
+
+
+def _addons_key(addons: Addons) -> tuple[Any, ...]:
+    """LoRAs and VAE by resolved file, scale and modification time: a different (or edited) file
+    never reuses a merged engine."""
+    def stamp(path: Path) -> tuple[str, int]:
+        return str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else 0
+
+    if not addons:
+        return ()
+    resolved = addon_files.resolve(addons)
+    vae = stamp(resolved.vae) if resolved.vae is not None else None
+    return tuple((stamp(lora.path), scale) for lora, scale in resolved.loras), vae
+
+
+def _load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None, unsafe_pickle: bool,
+          addons: Addons = Addons()) -> Engine:
+    resolved = check_addons(preset, addons)
     with console.task(f"load {preset.name}", total=1):
         engine = load_engine(preset, checkpoint, device=runtime.home, dtype=runtime.dtype,
                              vae_dtype=runtime.vae_dtype, unsafe_pickle=unsafe_pickle)
     engine_record(engine)  # the file's Model hash, once per load (cached by path, size and mtime)
+    if resolved is not None:  # before channels_last / compile: the VAE's tensors are replaced
+        addon_files.apply(resolved, engine, runtime.home, runtime.vae_dtype, preset.name)
     if preset.perf.channels_last:  # NHWC convolutions: faster with cuDNN in fp16/bf16
         engine.to(memory_format=torch.channels_last)
     if runtime.compile:

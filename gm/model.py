@@ -20,6 +20,7 @@ import torch
 
 from gm import device as dev
 from gm import presets
+from gm.addons import Addons, addons_from, check_tiling
 from gm.console import console
 from gm.device import Runtime, on_device
 from gm.diffusion import guiders, recipe, samplers
@@ -62,15 +63,22 @@ class ModelBase:
     runtime: Runtime
     checkpoint: str | Path | None = None
     unsafe_pickle: bool = False
+    addons: Addons = Addons()  # LoRAs merged and the VAE loaded at load time
+    vae_tiling: str = "auto"  # image decode / encode in tiles: auto, on or off (may be changed between calls)
 
     @classmethod
     def load(cls, preset: str | Preset, *, checkpoint: str | Path | None = None, device: str = "auto",
              dtype: str | None = None, low_vram: bool | None = None, compile: bool | None = None,
-             unsafe_pickle: bool = False, overrides: tuple[str, ...] = ()) -> ModelBase:
-        """Read the preset (a name, a .toml path or a Preset), check and load its checkpoint."""
+             unsafe_pickle: bool = False, overrides: tuple[str, ...] = (), loras: Any = (),
+             vae: str | Path | None = None, vae_tiling: str = "auto") -> ModelBase:
+        """Read the preset (a name, a .toml path or a Preset), check and load its checkpoint, merge
+        `loras` (("file or name", scale) pairs or "FILE:SCALE" strings) and load `vae` over its VAE."""
+        check_tiling(vae_tiling)
         p = preset if isinstance(preset, Preset) else presets.load(preset, list(overrides))
         runtime = dev.runtime_for(p.perf, device, dtype, low_vram, compile)
-        return cls(p, load(p, runtime, checkpoint, unsafe_pickle), runtime, checkpoint, unsafe_pickle)
+        extra = addons_from(loras, vae)
+        return cls(p, load(p, runtime, checkpoint, unsafe_pickle, extra), runtime, checkpoint, unsafe_pickle,
+                   extra, vae_tiling)
 
     @property
     def geometry(self) -> Geometry:

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,7 @@ from gm.console import console
 from gm.diffusion.samplers import a1111_name
 from gm.errors import GmError, InputError
 from gm.io import watermark
-from gm.io.files import ensure_dir, next_number, write_atomic, write_numbered
+from gm.io.files import ensure_dir, next_number, write_atomic, write_atomic_dir, write_numbered
 from gm.io.media import png_info, to_uint8, write_gif, write_mp4, write_png
 from gm.presets import Preset
 
@@ -166,18 +163,13 @@ def _comment(record: dict[str, Any]) -> str:
 
 def _write_frames_dir(final: Path, frames: np.ndarray, record: dict[str, Any]) -> Path:
     """A folder of 000.png ... built under a temporary name, then renamed (never over a name)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        digits = max(3, len(str(len(frames) - 1)))
+    digits = max(3, len(str(len(frames) - 1)))
+
+    def fill(tmp: Path) -> None:
         for i, frame in enumerate(frames):
             write_png(tmp / f"{i:0{digits}d}.png", frame, png_info(_comment(record), {**record, "frame": i}))
-        if final.exists():
-            raise FileExistsError(final)
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return write_atomic_dir(final, fill)
 
 
 def save_clip(frames: np.ndarray, input_image: Image.Image, spec: OutputSpec, record: dict[str, Any]) -> Path:

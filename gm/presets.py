@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from gm.config import convert, from_dict, to_dict
 from gm.errors import OverrideError, PresetError
+from gm.preset_numbers import MAX_SIDE, check_numbers  # noqa: F401 - MAX_SIDE: part of this module's API
 from gm.resources import preset_dir
 
 if sys.version_info >= (3, 11):
@@ -211,6 +212,7 @@ def parse(data: dict[str, Any], source: str) -> Preset:
     if not preset.network and preset.family != "train":
         raise PresetError(f"{source}: missing table [network]")
     check_names(preset)
+    check_numbers(preset)  # finite and in range (gm.preset_numbers)
     return preset
 
 

@@ -291,9 +291,9 @@ def test_low_vram_moves_each_stage_once_and_encodes_the_init_image_once(
         moves.append(type(module).__name__)
         return on_device(module, runtime)
 
-    def spy_posterior(engine, images, runtime, chunk=0):
+    def spy_posterior(engine, images, runtime, chunk=0, **options):
         encodes.append(images.shape[0])
-        return posterior(engine, images, runtime, chunk)
+        return posterior(engine, images, runtime, chunk, **options)
 
     monkeypatch.setattr(image_pipeline, "on_device", spy_on_device)
     monkeypatch.setattr(image_pipeline, "posterior", spy_posterior)

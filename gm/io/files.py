@@ -86,8 +86,9 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def write_atomic(final: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, then move the result to `final` without ever replacing a file.
+def write_atomic(final: Path, write: Callable[[Path], None], replace: bool = False) -> Path:
+    """Call `write(tmp_path)`, then move the result to `final` without ever replacing a file
+    (`replace=True`: swap it in for an older version in one step, e.g. a training run's latest grid).
 
     The temporary (`.<stem>.XXXX.tmp<suffix>` beside `final`) is removed on every failure,
     KeyboardInterrupt and SIGTERM included; a full disk is a DiskFullError naming the folder."""
@@ -100,7 +101,10 @@ def write_atomic(final: Path, write: Callable[[Path], None]) -> Path:
             write(tmp)
             _fsync(tmp)  # the bytes are on disk before the name points at them
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
-            os.link(tmp, final)  # atomic; raises FileExistsError instead of overwriting
+            if replace:
+                os.replace(tmp, final)  # readers see the old file or the new one, never a part
+            else:
+                os.link(tmp, final)  # atomic; raises FileExistsError instead of overwriting
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

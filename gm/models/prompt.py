@@ -5,7 +5,8 @@ Syntax (the same rules as A1111's `parse_prompt_attention`):
   multiply; `(text:1.3)` sets the factor to 1.3. A bracket left open applies to the end of the prompt.
 * `\\(` `\\)` `\\[` `\\]` `\\\\` are the literal characters.
 * `BREAK` (upper case, as a word) ends the current 75-token chunk; the rest starts a new one.
-* `<lora:name:w>` (and `<lyco:...>`, `<hypernet:...>`) is an error: LoRAs are loaded with --lora.
+* `<lora:name:w>` is taken out of the image commands' prompt before it gets here (gm.lora); what remains
+  (`<lyco:...>`, `<hypernet:...>`, a tag in the negative prompt) is an error pointing to --lora.
 
 Encoding (`tokenize_prompts`): each fragment is BPE-tokenised on its own and every token carries its
 fragment's weight; tokens fill chunks of 75, each chunk is wrapped as <start> tokens <end> pad...
@@ -53,8 +54,8 @@ def check_prompt(text: str) -> None:
     match = _EXTRA_NETWORK.search(text)
     if match:
         name = match.group(2).split(":")[0]
-        raise UsageError(f"the prompt contains {match.group(0)}, a LoRA tag that gm does not read from prompts",
-                         hint=f"remove it and load the LoRA with --lora {name or 'NAME'}")
+        raise UsageError(f"the text contains {match.group(0)}, a tag gm reads only as <lora:NAME:W> in the prompt "
+                         "of txt2img / refine / turbo", hint=f"remove it, or load the LoRA with --lora {name or 'NAME'}")
 
 
 def parse_prompt(text: str) -> list[tuple[str, float]]:

@@ -13,7 +13,7 @@ import torch
 from gm import device as dev
 from gm.console import console
 from gm.device import Runtime, on_device, runtime_for
-from gm.diffusion import guiders, recipe, samplers
+from gm.diffusion import guiders, recipe, samplers, tiling
 from gm.diffusion.denoiser import Cond, Denoiser, make_denoiser, unet_network
 from gm.loader import keep_loaded, load, weight_bytes
 from gm.model import run_sampler
@@ -50,10 +50,21 @@ def noise_like(shape: tuple[int, ...], generator: torch.Generator, runtime: Runt
     return dev.randn(shape, generator, runtime.device)
 
 
+def use_tiles(mode: str, runtime: Runtime, height: int, width: int, encode: bool = False) -> bool:
+    """--vae-tiling: on / off, or auto: tile when the estimated VAE activations of a height x width
+    image exceed the compute device's free memory (unknown on the CPU: no tiling)."""
+    if mode == "off":
+        return False
+    estimate = tiling.encode_bytes if encode else tiling.decode_bytes
+    free = dev.free_memory(runtime.device) if mode == "auto" else None
+    return tiling.should_tile(mode, height, width, runtime.vae_dtype, free, estimate)
+
+
 def decode(engine: Engine, z: torch.Tensor, runtime: Runtime, chunk: int = 0, label: str = "decode",
-           **decode_args: int) -> torch.Tensor:
+           tiles: str = "off", **decode_args: int) -> torch.Tensor:
     """Latents (N, 4, h, w) -> images in [0, 1] (N, 3, H, W) float32, `chunk` frames per VAE call
-    (0 = all at once). Extra `decode_args` go to the autoencoder (e.g. num_frames for video)."""
+    (0 = all at once). Extra `decode_args` go to the autoencoder (e.g. num_frames for video).
+    `tiles` (images only): the --vae-tiling mode (gm.diffusion.tiling's tile and overlap)."""
     vae = engine.vae
     assert vae is not None, "this preset has no autoencoder"
     z = z / engine.scale_factor
@@ -64,16 +75,20 @@ def decode(engine: Engine, z: torch.Tensor, runtime: Runtime, chunk: int = 0, la
         for start in range(0, n, size):
             part = z[start:start + size].to(runtime.device, runtime.vae_dtype)
             args = {k: (min(v, part.shape[0]) if k == "num_frames" else v) for k, v in decode_args.items()}
-            images = vae.decode(part, **args).float()
+            f = 2 ** (len(vae.cfg.ch_mult) - 1) if tiles != "off" else 1
+            if not decode_args and use_tiles(tiles, runtime, part.shape[-2] * f, part.shape[-1] * f):
+                images = tiling.decode_tiled(vae, part, tiling.DEFAULT_TILE, tiling.DEFAULT_OVERLAP).float()
+            else:
+                images = vae.decode(part, **args).float()
             out.append(((images + 1.0) / 2.0).clamp(0, 1).cpu())
             bar.advance(part.shape[0])
     return torch.cat(out)
 
 
 def posterior(engine: Engine, images: torch.Tensor, runtime: Runtime,
-              chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+              chunk: int = 0, tiles: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [-1, 1] (N, 3, H, W) -> the VAE posterior (mean, logvar), float32 on the compute
-    device and not yet scaled; `chunk` images per VAE call (0 = all at once)."""
+    device and not yet scaled; `chunk` images per VAE call (0 = all at once); `tiles`: --vae-tiling."""
     vae = engine.vae
     assert vae is not None, "this preset has no autoencoder"
     n = images.shape[0]
@@ -81,7 +96,11 @@ def posterior(engine: Engine, images: torch.Tensor, runtime: Runtime,
     means, logvars = [], []
     with on_device(vae, runtime), torch.inference_mode():
         for start in range(0, n, size):
-            mean, logvar = vae.encode(images[start:start + size].to(runtime.device, runtime.vae_dtype))
+            part = images[start:start + size].to(runtime.device, runtime.vae_dtype)
+            if use_tiles(tiles, runtime, part.shape[-2], part.shape[-1], encode=True):
+                mean, logvar = tiling.encode_tiled(vae, part, tiling.DEFAULT_TILE, tiling.DEFAULT_OVERLAP)
+            else:
+                mean, logvar = vae.encode(part)
             means.append(mean.float())
             logvars.append(logvar.float())
     return torch.cat(means), torch.cat(logvars)

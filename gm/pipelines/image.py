@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from gm import addons as addon_files
 from gm import device as dev
 from gm import presets
 from gm.console import console
@@ -32,7 +33,7 @@ from gm.diffusion.samplers import NoiseFn
 from gm.diffusion.schedules import img2img_sigmas, start_scale, turbo_sigmas, txt2noisy_sigmas
 from gm.errors import UsageError
 from gm.io.files import ensure_dir
-from gm.loader import check_file
+from gm.loader import check_addons, check_file
 from gm.model import geometry
 from gm.models.build import Engine
 from gm.outputs import ImageResult, a1111_fields, image_results, run_record
@@ -149,14 +150,23 @@ def _denoise_for(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCon
 def _engine(model, preset: Preset, runtime: Runtime, job: ImageJob) -> Engine:
     """The given Model's engine (Python API, loaded once), else the preset's, loaded now."""
     if model is None:
-        return load(preset, runtime, job.checkpoint, job.unsafe_pickle)
+        return load(preset, runtime, job.checkpoint, job.unsafe_pickle, job.addons)
+    addon_files.check_prompt_loras(model.engine, job.prompt_loras)
     return model.engine
 
 
-def _decode_all(engine: Engine, runtime: Runtime, latents: list[torch.Tensor]) -> torch.Tensor:
+def _decode_all(engine: Engine, runtime: Runtime, latents: list[torch.Tensor], tiles: str = "off") -> torch.Tensor:
     """One image per VAE call: a batched convolution may round differently, and image k must come
-    out bit-identical when re-made alone from its recorded seed (it also bounds fp32 VAE memory)."""
-    return torch.cat([decode(engine, z, runtime, chunk=1) for z in latents])
+    out bit-identical when re-made alone from its recorded seed (it also bounds fp32 VAE memory).
+    `tiles`: the --vae-tiling mode."""
+    return torch.cat([decode(engine, z, runtime, chunk=1, tiles=tiles) for z in latents])
+
+
+def _addon_fields(engine: Engine, fields: dict, record: dict) -> None:
+    """LoRAs and the external VAE applied to `engine`, into the infotext fields and the gm record."""
+    applied = addon_files.info(engine)
+    fields.update(addon_files.a1111_fields(applied))
+    record.update(addon_files.record_fields(applied))
 
 
 def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iterator[ImageResult]:
@@ -205,15 +215,16 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
                              "give the base and the refiner the same discretization (--set sampler.discretization=...)")
     if refiner is not None:  # a missing or mismatched refiner file fails before the base samples, not after
         check_file(refiner.preset, refiner.checkpoint, job.unsafe_pickle)
+        check_addons(refiner.preset, addon_files.Addons(vae=job.addons.vae))  # the refiner's VAE decodes
     engine = _engine(model, preset, runtime, job)
     negative = _negative_for(engine, preset, job)
-    spec = TextCondition(job.prompt, negative, height, width,
+    spec = TextCondition(job.encoded_prompt, negative, height, width,
                          preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
     denoise = _denoise_for(engine, preset, runtime, spec)
     generators = [dev.cpu_generator(job.seed + k) for k in range(job.count)]
     noise_fns: list[NoiseFn] | None = None
     if init is not None:
-        moments = posterior(engine, init, runtime)  # one VAE encode; image k draws its own posterior sample
+        moments = posterior(engine, init, runtime, tiles=job.vae_tiling)  # one VAE encode; image k draws its own posterior sample
         starts = (_renoise(posterior_latent(engine, moments, runtime, g), sigmas, g, runtime) for g in generators)
     elif job.command == "turbo":
         shape = geometry(preset).shape(height, width)
@@ -232,6 +243,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
                         height=height, checkpoint=source)
     if job.negative != negative:
         record["negative_prompt_ignored"] = job.negative
+    _addon_fields(engine, fields, record)
     if init is not None:
         fields["Denoising strength"] = job.strength
         record.update(init_image=str(job.init_images[0]), strength=job.strength)
@@ -243,7 +255,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
         fields["Refiner switch at"] = round((len(sigmas) - 1) / max(len(full) - 1, 1), 4)
         record["refiner"] = {"preset": refiner.preset.to_dict(), "strength": refiner.strength,
                              "finish": refiner.finish, "checkpoint": engine_record(engine)}
-    images = _decode_all(engine, runtime, latents)
+    images = _decode_all(engine, runtime, latents, job.vae_tiling)
     yield from image_results(images, job.out_dir, job.prompt, fields, record, job.seed)
 
 
@@ -253,10 +265,10 @@ def refine_latents(refiner: RefinerPlan, runtime: Runtime, job: ImageJob, latent
     """Second stage of the hand-off on each base latent along the refiner's `sigmas` (its img2img schedule);
     returns the refiner engine (its VAE decodes)."""
     r = refiner.preset
-    engine = load(r, runtime, refiner.checkpoint, job.unsafe_pickle)
+    engine = load(r, runtime, refiner.checkpoint, job.unsafe_pickle, addon_files.Addons(vae=job.addons.vae))
     # The refiner sees the prompt, size (h, w), crop (0, 0) and aesthetic 6.0 / 2.5; the demo passes
     # it the negative prompt only when the base used it (i.e. not for an SDXL base).
-    spec = TextCondition(job.prompt, base.negative, base.height, base.width,
+    spec = TextCondition(job.encoded_prompt, base.negative, base.height, base.width,
                          r.defaults.aesthetic_score, r.defaults.negative_aesthetic_score)
     denoise = _denoise_for(engine, r, runtime, spec)
     if refiner.finish:  # no fresh noise: the latent is already at sigma_0
@@ -278,12 +290,13 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Itera
     source = engine_record(engine)
     for i, (path, (width, height)) in enumerate(zip(job.init_images, sizes, strict=True)):
         if (width, height) not in denoisers:
-            spec = TextCondition(job.prompt, negative, height, width,
+            spec = TextCondition(job.encoded_prompt, negative, height, width,
                                  preset.defaults.aesthetic_score, preset.defaults.negative_aesthetic_score)
             denoisers[(width, height)] = _denoise_for(engine, preset, runtime, spec)
         generator = dev.cpu_generator(job.seed + i)
         # One image at a time (outputs stream out as they are written), so each stage moves per image.
-        z = posterior_latent(engine, posterior(engine, load_image(path, width, height), runtime), runtime, generator)
+        moments = posterior(engine, load_image(path, width, height), runtime, tiles=job.vae_tiling)
+        z = posterior_latent(engine, moments, runtime, generator)
         (latent,) = _sample_all(preset, runtime, engine, denoisers[(width, height)],
                                 [_renoise(z, sigmas, generator, runtime)], sigmas, [generator],
                                 f"refine {i + 1}/{len(job.init_images)}")
@@ -292,5 +305,6 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Itera
         record = run_record(job.command, preset, job.seed + i, prompt=job.prompt, negative_prompt=negative,
                             width=width, height=height, init_image=str(path), strength=job.strength,
                             checkpoint=source)
-        yield from image_results(_decode_all(engine, runtime, [latent]), job.out_dir, job.prompt, fields, record,
+        _addon_fields(engine, fields, record)
+        yield from image_results(_decode_all(engine, runtime, [latent], job.vae_tiling), job.out_dir, job.prompt, fields, record,
                                  job.seed + i)

@@ -20,6 +20,7 @@ from gm.diffusion.denoiser import Cond
 from gm.errors import GmError, UsageError
 from gm.models.build import Engine
 from gm.pipelines.common import Runtime, on_device
+from gm.preset_numbers import MAX_SIDE
 from gm.presets import Preset
 
 # The SDXL demo's resolution table (W, H) at 1024^2 pixels (scripts/demo/streamlit_helpers.py).
@@ -73,6 +74,9 @@ def check_size(width: int, height: int, grid: int = 8) -> None:
     for name, value in (("width", width), ("height", height)):
         if value < 8 or value % 8:
             raise UsageError(f"--{name} {value} is not a positive multiple of 8", f"e.g. --{name} {max(64, value // 64 * 64)}")
+        if value > MAX_SIDE:  # a typo (-W 100000) would ask for terabytes before failing
+            raise UsageError(f"--{name} {value} is above the {MAX_SIDE} px limit",
+                             f"e.g. --{name} 1024; upscale the result separately for larger images")
         if value % grid:
             raise UsageError(f"--{name} {value} is not a multiple of {grid}, which this model's UNet needs",
                              f"e.g. --{name} {max(grid, value // grid * grid)}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from gm import presets
+from gm.addons import Addons, addons_from, check_tiling
 from gm.diffusion.recipe import check_names
 from gm.errors import UsageError
 from gm.presets import Preset
@@ -43,6 +44,16 @@ class ImageJob:
     refiner: RefinerPlan | None = None
     checkpoint: str | None = None
     unsafe_pickle: bool = False
+    addons: Addons = Addons()  # --lora (then the prompt's <lora:…> tags) and --vae
+    prompt_loras: tuple[tuple[str, float], ...] = ()  # the prompt's <lora:name:w> tags
+    vae_tiling: str = "auto"
+
+    @property
+    def encoded_prompt(self) -> str:
+        """The prompt the text encoders see: without its <lora:…> tags (the outputs keep them, as A1111's do)."""
+        from gm.lora import extract_prompt_loras
+
+        return extract_prompt_loras(self.prompt)[0]
 
 
 def effective_preset(preset: Preset, steps: int | None = None, sampler: str | None = None, cfg: float | None = None,
@@ -86,8 +97,14 @@ def image_job(preset: Preset, command: Literal["txt2img", "refine", "turbo"], *,
               init_images: tuple[Path, ...] = (), strength: float | None = None, refiner: str | Preset | None = None,
               refiner_strength: float | None = None, finish: bool | None = None,
               refiner_checkpoint: str | None = None, checkpoint: str | None = None,
-              unsafe_pickle: bool = False) -> tuple[Preset, ImageJob]:
+              unsafe_pickle: bool = False, loras: tuple = (), vae: str | None = None,
+              vae_tiling: str = "auto") -> tuple[Preset, ImageJob]:
     """(effective preset, job) from the preset's defaults and the user's options (None = default)."""
+    from gm.lora import extract_prompt_loras
+
+    tags = tuple(extract_prompt_loras(prompt)[1])
+    given = addons_from(loras, vae)
+    extra = Addons(given.loras + tags, given.vae)
     chosen = effective_preset(preset, steps, sampler, cfg, scheduler)
     plan = None
     if refiner is not None:  # the same steps / sampler / scheduler / CFG as the base
@@ -99,5 +116,6 @@ def image_job(preset: Preset, command: Literal["txt2img", "refine", "turbo"], *,
                    seed=chosen.defaults.seed if seed is None else seed, count=count, out_dir=out_dir,
                    width=width, height=height, aspect=aspect, init_images=tuple(Path(p) for p in init_images),
                    strength=default_strength if strength is None else strength, refiner=plan,
-                   checkpoint=checkpoint, unsafe_pickle=unsafe_pickle)
+                   checkpoint=checkpoint, unsafe_pickle=unsafe_pickle, addons=extra, prompt_loras=tags,
+                   vae_tiling=check_tiling(vae_tiling))
     return chosen, job

@@ -92,8 +92,14 @@ def request_from_preset(preset: Preset, frames: int | None = None, steps: int | 
         raise UsageError(f"--steps must be at least 1, got {req.steps}", "e.g. --steps 25")
     if req.decoding_t < 0:
         raise UsageError(f"--decoding-t must be 0 (automatic) or more, got {req.decoding_t}")
-    if req.cond_aug < 0:
-        raise UsageError(f"--cond-aug must be >= 0, got {req.cond_aug}", "the reference uses 0.02")
+    if not 0 <= req.cond_aug < float("inf"):  # NaN fails too
+        raise UsageError(f"--cond-aug must be a finite number >= 0, got {req.cond_aug}", "the reference uses 0.02")
+    if not 0 <= req.fps_id <= 239:
+        raise UsageError(f"--fps-id must be in [0, 239], got {req.fps_id}", "e.g. --fps-id 6 (the video plays at "
+                         "fps-id + 1)")
+    if not 0 <= req.motion_bucket_id <= 255:
+        raise UsageError(f"--motion-bucket-id must be in [0, 255], got {req.motion_bucket_id}",
+                         "e.g. --motion-bucket-id 127")
     if not 0 <= req.seed < 2**64:
         raise UsageError(f"--seed must be in [0, 2^64), got {req.seed}")
     return req

@@ -9,6 +9,7 @@ import numpy as np
 
 from gm.errors import UsageError
 from gm.pipelines.video4d_camera import sv4d2_camera, sv4d_camera
+from gm.preset_numbers import MAX_SIDE
 from gm.presets import Preset
 
 
@@ -41,8 +42,13 @@ def check_request(preset: Preset, request: Video4DRequest) -> tuple[np.ndarray, 
     """Validate before any loading; returns the novel views' (polar_rad, azimuth_rad)."""
     if request.size <= 0 or request.size % 64:
         raise UsageError(f"--img-size must be a positive multiple of 64, got {request.size}", "e.g. 576 or 512")
+    if request.size > MAX_SIDE:
+        raise UsageError(f"--img-size {request.size} is above the {MAX_SIDE} px limit", "e.g. 576 or 512")
     if request.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {request.steps}")
+    for option, value in (("--encoding-t", request.encoding_t), ("--decoding-t", request.decoding_t)):
+        if value < 0:
+            raise UsageError(f"{option} must be 0 (all frames at once) or more, got {value}", f"e.g. {option} 4")
     if not 0.0 < request.frame_ratio <= 1.0:
         raise UsageError(f"--image-frame-ratio must be in (0, 1], got {request.frame_ratio}")
     window = preset.defaults.window_frames

@@ -72,7 +72,8 @@ def _encoder_frames(planner: Planner) -> int:
     return max(sizes, default=0)
 
 
-def _try(planner: Planner, budget: int, staging: bool, base: Settings) -> Settings | None:
+def _try(planner: Planner, budget: int, staging: bool, base: Settings,
+         tiles: tuple[int, ...] = TILES) -> Settings | None:
     s = Settings(decode_chunk=base.decode_chunk, staging=staging)
     enc = _encode_chunk(planner, budget, staging, _encoder_frames(planner))
     if enc is False:
@@ -91,7 +92,7 @@ def _try(planner: Planner, budget: int, staging: bool, base: Settings) -> Settin
         return Settings(chunk, s.encode_chunk, s.two_pass_cfg, staging)
     if planner.work.rows > 1 and _temporal(planner):
         return None
-    for tile in TILES:
+    for tile in tiles:
         if tile >= max(planner.work.latent):
             continue
         t = Settings(1, s.encode_chunk, s.two_pass_cfg, staging, tile)
@@ -106,23 +107,24 @@ def _temporal(planner: Planner) -> bool:
     return decoder_frames(planner.engine)
 
 
-def smallest(planner: Planner) -> Settings:
+def smallest(planner: Planner, tiles: tuple[int, ...] = TILES) -> Settings:
     """The settings with the least memory: staging, two passes, one frame (smallest tile) per call."""
-    tile = None if _temporal(planner) else min((t for t in TILES if t < max(planner.work.latent)), default=None)
+    tile = None if _temporal(planner) else min((t for t in tiles if t < max(planner.work.latent)), default=None)
     return Settings(decode_chunk=1, encode_chunk=1 if _encoder_frames(planner) else None,
                     two_pass_cfg=planner.work.cfg, staging=True, decode_tile=tile)
 
 
-def fit(planner: Planner, budget: int, base: Settings | None = None) -> Plan:
-    """The plan with the least costly settings whose every phase fits `budget` bytes."""
+def fit(planner: Planner, budget: int, base: Settings | None = None, tiles: tuple[int, ...] = TILES) -> Plan:
+    """The plan with the least costly settings whose every phase fits `budget` bytes (`tiles`: the
+    latent tile sides the run can decode with; () where it has no tiled decode)."""
     base = base or planner.default_settings()
-    for staging in (False, True):
-        chosen = _try(planner, budget, staging, base)
+    for staging in (True,) if base.staging else (False, True):
+        chosen = _try(planner, budget, staging, base, tiles)
         if chosen is not None:
             plan = planner.plan(chosen, budget)
             plan.notes.extend(describe(planner, base, chosen))
             return plan
-    need = planner.plan(smallest(planner)).peak
+    need = planner.plan(smallest(planner, tiles)).peak
     raise GmError(
         f"no settings fit {budget / GB:.1f} GB: the smallest plan needs {need / GB:.1f} GB "
         f"(staging, two-pass CFG, one frame per VAE call)",
@@ -136,11 +138,11 @@ def describe(planner: Planner, base: Settings, s: Settings) -> list[str]:
     total = planner.total_frames()
     if (s.decode_chunk or total) < (base.decode_chunk or total):
         out.append(f"decode {s.decode_chunk} frame(s) per call (of {total})")
-    if s.encode_chunk is not None:
+    if s.encode_chunk is not None and s.encode_chunk != base.encode_chunk:
         out.append(f"VAE-encode {s.encode_chunk} frame(s) per call")
     if s.two_pass_cfg:
-        out.append("CFG as two passes (cond, then uncond) instead of one batch of 2")
-    if s.staging:
+        out.append("CFG as two passes (uncond, then cond) instead of one batch of 2")
+    if s.staging and not base.staging:
         out.append("staging: only the active phase's weights on the device (--low-vram)")
     if s.decode_tile:
         out.append(f"tiled decode: {8 * s.decode_tile}px tiles")

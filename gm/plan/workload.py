@@ -142,7 +142,7 @@ def _extras(engine: Engine, w: Workload, rows: int, dev: torch.device) -> Cond:
 def sample_step(engine: Engine, w: Workload, cond: Cond, preset: Any, two_pass: bool,
                 dtype: torch.dtype, dev: torch.device = META) -> torch.Tensor:
     """One Euler step through the real Denoiser: CFG as one batch of 2 (the guiders' layout) or as
-    two passes (cond, then uncond with the cond output held)."""
+    two passes (one branch, then the other with the first output held)."""
     from gm.diffusion.denoiser import make_denoiser, unet_network
 
     spec = preset.denoiser
@@ -202,12 +202,12 @@ def workload_for(preset: Any, height: int | None = None, width: int | None = Non
     (Turbo) or a vanilla scale of 1."""
     d = preset.defaults
     h, w = height or d.height, width or d.width
-    n = frames or d.frames
+    n = frames or getattr(d, "frames", 1)  # image presets have no frames
     guider = preset.guider
     if cfg is None:
         cfg = guider.kind != "identity" and not (guider.kind == "vanilla" and guider.scale == 1.0)
     steps = steps or preset.sampler.steps
-    if d.window_frames and d.views:
+    if getattr(d, "window_frames", 0) and getattr(d, "views", 0):
         return Workload(h, w, frames=d.window_frames * d.views, batch=batch, cfg=cfg, steps=steps,
                         decode_total=n * d.views * batch)
     return Workload(h, w, frames=max(1, n), batch=batch, cfg=cfg, steps=steps)

@@ -89,6 +89,4 @@ def save_grid(grid: np.ndarray, path: Path, upscale: int = 1) -> Path:
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()
-    return write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+    return write_atomic(path, lambda tmp: img.save(tmp, format="PNG"), replace=True)  # the old grid stays until then

@@ -152,8 +152,9 @@ class Common:
 
 def _common_parameters(preset_default: str, preset_help: str) -> list[inspect.Parameter]:
     options: list[tuple[str, Any, Any]] = [
-        ("preset", Annotated[str, typer.Option("--preset", "-p", help=preset_help, rich_help_panel=MAIN)],
-         preset_default),
+        ("preset", Annotated[str | None, typer.Option("--preset", "-p", rich_help_panel=MAIN, help=(
+            f"{preset_help} Default: {preset_default}, or with --checkpoint the preset whose architecture the "
+            "file's tensors match."))], None),
         ("checkpoint", CheckpointOpt, None), ("unsafe_pickle", UnsafePickleOpt, False), ("overrides", SetOpt, None),
         ("device", DeviceOpt, "auto"), ("dtype", DtypeOpt, "auto"), ("low_vram", LowVramOpt, False),
         ("compile_", CompileOpt, False), ("show_preset", ShowPresetOpt, False), ("json_mode", JsonOpt, False),
@@ -177,8 +178,8 @@ def command(app: typer.Typer, name: str, *, help: str, preset: str, preset_help:
         def cli(**values: Any) -> None:
             common = Common(**{n: values.pop(n) for n in names})
             # In a copy of the context: settings a run chooses for itself (two-pass CFG) end with it.
-            run(lambda: contextvars.copy_context().run(body, common, **values), quiet=common.quiet,
-                debug=common.debug, json_mode=common.json_mode)
+            run(lambda: contextvars.copy_context().run(body, with_preset(common, name, preset), **values),
+                quiet=common.quiet, debug=common.debug, json_mode=common.json_mode)
 
         cli.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
         cli.__name__ = name.replace("-", "_")
@@ -186,3 +187,43 @@ def command(app: typer.Typer, name: str, *, help: str, preset: str, preset_help:
         return body
 
     return decorate
+
+
+FAMILY_COMMAND = {"image": "txt2img", "video": "img2vid", "orbit": "orbit", "video4d": "video4d"}
+PREFER = {"turbo": ("sdxl-turbo", "sd-turbo")}  # presets a command assumes among same-tensor ones
+
+
+def with_preset(common: Common, command: str, default: str) -> Common:
+    """`common` with its preset decided: -p as given; without -p, the preset --checkpoint's file
+    fits (said on stderr), else the command's default."""
+    import dataclasses
+
+    if common.preset is not None:
+        return common
+    return dataclasses.replace(common, preset=detected_preset(command, default, common.checkpoint))
+
+
+def detected_preset(command: str, default: str, checkpoint: str | None) -> str:
+    """The preset of `checkpoint` from its header (gm.detect), or `default` without one; a file of
+    another command's family is a usage error naming that command and preset."""
+    if not checkpoint:
+        return default
+    from gm import presets
+    from gm.checkpoint import PICKLE_SUFFIXES, find_checkpoint
+    from gm.console import console
+    from gm.detect import detect_preset
+    from gm.errors import UsageError
+
+    path = find_checkpoint(presets.load(default), checkpoint)  # a path, or a name in the checkpoint folders
+    if path.suffix in PICKLE_SUFFIXES:  # its tensors are only known after unpickling it
+        console.warn(f"{path.name}: the model family of a pickle file is not detected; assuming -p {default}")
+        return default
+    name, note = detect_preset(path, PREFER.get(command, ()))
+    family = presets.load(name).family
+    if family != presets.load(default).family:
+        label = note.split(" checkpoint: ")[0]
+        article = "an" if label[0] in "AEFHILMNORSX" else "a"
+        right = FAMILY_COMMAND.get(family, "")
+        raise UsageError(f"{path.name} is {article} {label} checkpoint: use gm {right} -p {name}")
+    console.log(f"{path.name}: {note}")
+    return name

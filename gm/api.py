@@ -12,6 +12,7 @@ preset's documented one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,24 @@ def _as(pixels: np.ndarray, tensors: bool) -> Any:
     return Image.fromarray(pixels) if pixels.ndim == 3 else [Image.fromarray(f) for f in pixels]
 
 
+def _with_record(image: Any, record: dict[str, Any] | None) -> Any:
+    """A PIL image carries what a written PNG would: `info["parameters"]` (A1111) and `info["gm"]` (JSON)."""
+    if isinstance(image, Image.Image) and record is not None:
+        image.info.update(parameters=record.get("parameters", ""), gm=json.dumps(record, default=str))
+    return image
+
+
 class Model(ModelBase):
     """What `gm.load` returns: loaded once, used for many calls."""
 
     last_seed: int | None = None  # the (first) seed of the latest call
+
+    @property
+    def source(self) -> dict[str, str] | None:
+        """The checkpoint file loaded, as outputs record it: {path, name, sha256_10} (A1111's Model hash)."""
+        from gm.provenance import engine_record
+
+        return engine_record(self.engine)
 
     def _image(self, command: str, prompt: str, options: dict[str, Any], tensors: bool, save: bool,
                out: str | Path | None) -> list[Any]:
@@ -55,7 +70,7 @@ class Model(ModelBase):
                                 vae_tiling=self.vae_tiling, **options)
         self.last_seed = job.seed
         run = refine if command == "refine" else txt2img
-        return [_as(r.pixels, tensors) for r in run(preset, self.runtime, job, model=self)]
+        return [_with_record(_as(r.pixels, tensors), r.record) for r in run(preset, self.runtime, job, model=self)]
 
     def txt2img(self, prompt: str, *, negative: str = "", n: int = 1, batch_size: int = 1, seed: int | str | None = None,
                 steps: int | None = None, cfg: float | None = None, sampler: str | None = None,
@@ -124,7 +139,7 @@ class Model(ModelBase):
                 save: bool = False, out: str | Path | None = None) -> dict[str, Any]:
         """`gm video4d` on the loaded SV4D-family model: {"process_input", "v001", ..., "grid"} -> frames
         (SV4D also loads its `sv3d` preset for the reference views)."""
-        from gm.pipelines.video4d import render
+        from gm.pipelines.video4d import files_used, render
         from gm.pipelines.video4d_job import video4d_request
         from gm.pipelines.video4d_output import Writer
 
@@ -136,6 +151,7 @@ class Model(ModelBase):
         videos = render(self.preset, lambda p: self.runtime if p is self.preset else dev.runtime_for(p.perf, str(self.runtime.device)),
                         request, engine=self.engine)
         if writer is not None:
+            writer.record.update(files_used(self.preset, request, engine=self.engine))
             for tag, pixels in videos.items():
                 writer.video(tag, pixels)
         return {tag: _as(pixels, tensors) for tag, pixels in videos.items()}

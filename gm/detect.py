@@ -122,10 +122,12 @@ def _by_name(arch: Arch, filename: str) -> str | None:
     return None
 
 
-def detect_preset(source: str | Path | Header | dict) -> tuple[str, str]:
+def detect_preset(source: str | Path | Header | dict, prefer: tuple[str, ...] = ()) -> tuple[str, str]:
     """(preset name, note) for a checkpoint file or its header. The note says which architecture
-    was recognised, which preset was assumed among those sharing it, and how to choose another.
-    A file no architecture fits entirely raises CheckpointError naming the closest one."""
+    was recognised, which preset was assumed among those sharing it, and how to choose another;
+    `prefer` (e.g. `gm turbo`'s turbo presets) wins over the architecture's own default when the
+    file name does not tell. A file no architecture fits entirely raises CheckpointError naming
+    the closest one."""
     filename = ""
     if isinstance(source, (str, Path)):
         from gm.checkpoint import read_header
@@ -145,11 +147,12 @@ def detect_preset(source: str | Path | Header | dict) -> tuple[str, str]:
             f"preset {arch.presets[0]}, {best_score:.0%} of its probes)",
             "pass -p with the preset it was made from (gm download --list shows them)")
     named = _by_name(arch, filename) if filename else None
-    chosen = named or arch.presets[0]
+    preferred = next((p for p in arch.presets if p in prefer), None)
+    chosen = named or preferred or arch.presets[0]
     if len(arch.presets) == 1:
         return chosen, f"{arch.label} checkpoint: preset {chosen}"
     others = ", ".join(p for p in arch.presets if p != chosen)
-    how = f"; {arch.choose}" if arch.choose and not named else ""
+    how = f"; {arch.choose}" if arch.choose and not named and chosen == arch.presets[0] else ""
     why = "by its file name" if named else "assumed"
     return chosen, f"{arch.label} checkpoint: preset {chosen} ({why}; same tensors as {others}{how})"
 

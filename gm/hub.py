@@ -111,6 +111,9 @@ def catalogue() -> list[Item]:
 
 
 def find_item(name: str) -> Item:
+    for item in (*FROZEN, *DATASETS, *AUX):  # without parsing every preset (which imports torch: seconds)
+        if item.name == name:
+            return item
     items = {item.name: item for item in catalogue()}
     if name in items:
         return items[name]

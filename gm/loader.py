@@ -24,6 +24,7 @@ from gm.device import Runtime
 from gm.errors import CheckpointError
 from gm.models.build import Engine, build_engine, precision_map
 from gm.presets import Preset
+from gm.provenance import engine_record
 
 
 def _meta_engine(preset: Preset, checkpoint: str | Path | None) -> tuple[Path, Engine]:
@@ -59,6 +60,7 @@ def load_engine(preset: Preset, checkpoint: str | Path | None = None, *, device:
     load_into(engine, path, layout=preset.checkpoint.layout, optional=preset.checkpoint.optional,
               device=device, dtype_for=precision_map(dtype, vae_dtype), label=f"preset {preset.name}",
               unsafe_pickle=unsafe_pickle)
+    engine.checkpoint_file = path  # what outputs record as the file used (gm.provenance.engine_record)
     return engine.eval().requires_grad_(False)
 
 
@@ -120,6 +122,7 @@ def _load(preset: Preset, runtime: Runtime, checkpoint: str | Path | None, unsaf
     with console.task(f"load {preset.name}", total=1):
         engine = load_engine(preset, checkpoint, device=runtime.home, dtype=runtime.dtype,
                              vae_dtype=runtime.vae_dtype, unsafe_pickle=unsafe_pickle)
+    engine_record(engine)  # the file's Model hash, once per load (cached by path, size and mtime)
     if resolved is not None:  # before channels_last / compile: the VAE's tensors are replaced
         addon_files.apply(resolved, engine, runtime.home, runtime.vae_dtype, preset.name)
     if preset.perf.channels_last:  # NHWC convolutions: faster with cuDNN in fp16/bf16

@@ -100,16 +100,18 @@ def parameters_text(prompt: str, negative: str, fields: dict[str, Any]) -> str:
 
 
 def a1111_fields(preset: Preset, seed: int, width: int, height: int, steps: int,
-                 cfg: float | None) -> dict[str, Any]:
-    """The common infotext fields, in A1111's order; callers append img2img/refiner fields."""
+                 cfg: float | None, source: dict[str, str] | None = None) -> dict[str, Any]:
+    """The common infotext fields, in A1111's order; callers append img2img/refiner fields.
+    `source` (gm.provenance.file_record of the file loaded) names the model by that file's stem and
+    hash, as A1111 does; without it, the preset's name and published hash."""
     return {
         "Steps": steps,
         "Sampler": a1111_name(preset.sampler.name, preset.sampler.scheduler),
         "CFG scale": cfg,
         "Seed": seed,
         "Size": f"{width}x{height}",
-        "Model": preset.name,
-        "Model hash": model_hash(preset),
+        "Model": Path(source["name"]).stem if source else preset.name,
+        "Model hash": source["sha256_10"] if source else model_hash(preset),
     }
 
 

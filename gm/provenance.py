@@ -97,3 +97,21 @@ def file_record(path: str | Path) -> dict[str, str]:
     """What an output records about the file it was made from: path, file name, Model hash."""
     path = Path(path)
     return {"path": str(path.resolve()), "name": path.name, "sha256_10": model_hash(path)}
+
+
+def engine_record(engine: object) -> dict[str, str] | None:
+    """file_record of the checkpoint an engine was loaded from (gm.loader tags it with the path),
+    computed once per engine, with a progress bar while a new file is hashed; None for an engine
+    that was not loaded from a file."""
+    record = getattr(engine, "checkpoint_record", None)
+    path = getattr(engine, "checkpoint_file", None)
+    if record is not None or path is None:
+        return record
+    if cached_sha256(path) is None:
+        from gm.console import console
+
+        with console.task(f"hash {Path(path).name}", total=Path(path).stat().st_size, unit="B") as bar:
+            sha256(path, bar.advance)
+    record = file_record(path)
+    engine.checkpoint_record = record  # type: ignore[attr-defined]
+    return record

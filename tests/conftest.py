@@ -26,3 +26,4 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GM_CHECKPOINTS", raising=False)
     monkeypatch.delenv("GM_PRESETS", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # gm's hash cache (Model hash)

@@ -79,7 +79,14 @@ def record(path: str | Path) -> tuple[str, dict]:
     return text["parameters"], json.loads(text["gm"])
 
 
-def test_txt2img_writes_watermarked_pngs_with_metadata(gm, tmp_path: Path) -> None:
+def short_hash(folder: Path, name: str) -> str:
+    """A1111's Model hash of the tiny checkpoint `name` (what the infotext names the file by)."""
+    import hashlib
+
+    return hashlib.sha256((folder / f"{name}.safetensors").read_bytes()).hexdigest()[:10]
+
+
+def test_txt2img_writes_watermarked_pngs_with_metadata(gm, checkpoints: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = gm("txt2img", "a red fox", "-p", BASE, "--steps", "2", "--seed", "7", "-n", "2", "-W", "256", "-H", "256",
            "-o", str(out), "--json")
@@ -91,7 +98,8 @@ def test_txt2img_writes_watermarked_pngs_with_metadata(gm, tmp_path: Path) -> No
     for k, line in enumerate(lines):
         params, gm_json = record(line["path"])
         assert params == (f"a red fox\nSteps: 2, Sampler: DPM++ 2M, CFG scale: 6.0, Seed: {7 + k}, Size: 256x256, "
-                          "Model: tiny-sdxl-base")
+                          f"Model: tiny-sdxl-base, Model hash: {short_hash(checkpoints, 'tiny-sdxl-base')}")
+        assert gm_json["checkpoint"]["sha256_10"] == short_hash(checkpoints, "tiny-sdxl-base")
         assert gm_json["command"] == "txt2img" and gm_json["seed"] == 7 + k and gm_json["prompt"] == "a red fox"
         expected = presets.replace(presets.load(BASE), "sampler", steps=2).to_dict()
         assert gm_json["preset"] == json.loads(json.dumps(expected))
@@ -210,7 +218,7 @@ def test_refine_reads_paths_from_stdin(gm, tmp_path: Path, sampler_calls: list) 
         assert "Denoising strength: 0.3" in params and "Model: tiny-sdxl-refiner" in params
 
 
-def test_turbo_runs_the_sub_schedule_without_guidance(gm, tmp_path: Path, sampler_calls: list,
+def test_turbo_runs_the_sub_schedule_without_guidance(gm, checkpoints: Path, tmp_path: Path, sampler_calls: list,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     uc_asked: list[bool] = []
     original = image_pipeline.conditioning
@@ -226,7 +234,8 @@ def test_turbo_runs_the_sub_schedule_without_guidance(gm, tmp_path: Path, sample
     assert torch.equal(call["sigmas"], turbo_sigmas(2)) and call["sampler"] == "euler_a"
     assert uc_asked == [False]
     params, gm_json = record(r.stdout.strip())
-    assert params == "a cat\nSteps: 2, Sampler: Euler a, CFG scale: 1.0, Seed: 4, Size: 256x256, Model: tiny-sdxl-turbo"
+    assert params == ("a cat\nSteps: 2, Sampler: Euler a, CFG scale: 1.0, Seed: 4, Size: 256x256, Model: tiny-sdxl-turbo, "
+                      f"Model hash: {short_hash(checkpoints, 'tiny-sdxl-turbo')}")
     assert gm_json["command"] == "turbo" and gm_json["preset"]["guider"]["kind"] == "identity"
     assert watermark.detect(pixels(r.stdout.strip())).bits >= 36
     # The turbo demo's noise: start from RandomState(seed), ancestral call i from RandomState(seed + 1 + i).

@@ -66,6 +66,7 @@ from gm.pipelines.image_input import input_prompt, load_image, native_size
 from gm.pipelines.image_job import ImageJob, RefinerPlan, check_strength
 from gm.pipelines.seeds import announce
 from gm.presets import Preset
+from gm.provenance import engine_record
 
 
 def _uses_uc(guider: object) -> bool:
@@ -280,9 +281,10 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
         starts = (noise_like(shape, g, runtime) for g in generators)
     latents = _sample_all(preset, runtime, engine, denoise, starts, sigmas, generators, "sample", noise_fns,
                           job.batch_size)
-    fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset))
+    source = engine_record(engine)  # the file loaded: its stem and Model hash
+    fields = a1111_fields(preset, job.seed, width, height, preset.sampler.steps, _cfg_label(preset), source)
     record = run_record(job.command, preset, job.seed, prompt=job.prompt, negative_prompt=negative, width=width,
-                        height=height)
+                        height=height, checkpoint=source)
     if job.negative != negative:
         record["negative_prompt_ignored"] = job.negative
     _addon_fields(engine, fields, record)
@@ -297,7 +299,7 @@ def txt2img(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Iter
         fields["Refiner"] = refiner.preset.name
         fields["Refiner switch at"] = round((len(sigmas) - 1) / max(len(full) - 1, 1), 4)
         record["refiner"] = {"preset": refiner.preset.to_dict(), "strength": refiner.strength,
-                             "finish": refiner.finish}
+                             "finish": refiner.finish, "checkpoint": engine_record(engine)}
     images = _decode_all(engine, runtime, latents, job.vae_tiling)
     yield from image_results(images, job.out_dir, job.prompt, fields, record, job.seed)
 
@@ -332,6 +334,7 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Itera
     engine = _engine(model, preset, runtime, job)
     sigmas = _img2img(sigmas_for(preset.sampler), job.strength, "--strength")
     denoisers: dict[tuple[int, int, str, str], Callable[[int], Denoise]] = {}
+    source = engine_record(engine)
     for i, (path, (width, height), (prompt, given)) in enumerate(zip(job.init_images, sizes, prompts, strict=True)):
         negative = _negative_for(preset, given)
         if (width, height, prompt, negative) not in denoisers:
@@ -345,10 +348,11 @@ def refine(preset: Preset, runtime: Runtime, job: ImageJob, model=None) -> Itera
         (latent,) = _sample_all(preset, runtime, engine, denoisers[(width, height, prompt, negative)],
                                 [_renoise(z, sigmas, generator, runtime)], sigmas, [generator],
                                 f"refine {i + 1}/{len(job.init_images)}")
-        fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset))
+        fields = a1111_fields(preset, job.seed + i, width, height, preset.sampler.steps, _cfg_label(preset), source)
         fields["Denoising strength"] = job.strength
         record = run_record(job.command, preset, job.seed + i, prompt=prompt, negative_prompt=negative,
-                            width=width, height=height, init_image=str(path), strength=job.strength)
+                            width=width, height=height, init_image=str(path), strength=job.strength,
+                            checkpoint=source)
         _addon_fields(engine, fields, record)
         yield from image_results(_decode_all(engine, runtime, [latent], job.vae_tiling), job.out_dir, prompt, fields,
                                  record, job.seed + i)

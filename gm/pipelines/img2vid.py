@@ -27,6 +27,7 @@ from gm.pipelines.video import (
     open_input,
 )
 from gm.presets import Preset
+from gm.provenance import engine_record
 
 
 def warn_unusual(request: VideoRequest) -> None:
@@ -59,7 +60,8 @@ def run_img2vid(
             console.log(f"{path}: {image.width}x{image.height} resized to cover {width}x{height} and centre-cropped")
         req = dataclasses.replace(request, seed=request.seed + index)
         frames = animate(engine, preset, runtime, fitted, req)
-        record = run_record("img2vid", preset, req.seed, input=str(path), steps=req.steps, frames=req.frames,
+        record = run_record("img2vid", preset, req.seed, checkpoint=engine_record(engine), input=str(path),
+                            steps=req.steps, frames=req.frames,
                             fps_id=req.fps_id, motion_bucket_id=req.motion_bucket_id, cond_aug=req.cond_aug,
                             decoding_t=req.decoding_t, fps=output.fps, size=[height, width])
         yield finish_clip(frames, fitted, output, record)

@@ -16,8 +16,10 @@ non-square input is cropped or fails to broadcast. Here rows are rows, and witho
 canvas side is the image's LONGER side, so every object fits (for square inputs this is the
 reference's value).
 
-rembg's segmentation model is downloaded on first use (~170 MB into ~/.u2net); the segmentation
-function can be injected (`segment=`) so that tests and callers with their own masks skip it.
+rembg's segmentation model (u2net, ~170 MB) is never fetched behind the user's back: `gm download
+rembg-u2net` puts it where gm points rembg (U2NET_HOME), and without it background removal fails at
+once with that hint instead of waiting on rembg's own download retries. The segmentation function
+can be injected (`segment=`) so that tests and callers with their own masks skip it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ THUMBNAIL = 768  # the reference shrinks inputs to this before rembg
 def rembg_segment(image: Image.Image) -> Image.Image:
     """rembg with alpha matting and its u2net model, as the reference (rembg's default in 2024;
     newer rembg releases default to another model, so the session is named explicitly)."""
+    from gm.hub import rembg_model_dir
+
+    rembg_model_dir()  # the verified model or a GmError now; points rembg at it (no download of its own)
     try:
         from rembg import new_session, remove
 
@@ -45,11 +50,14 @@ def rembg_segment(image: Image.Image) -> Image.Image:
     except (OSError, RuntimeError, ValueError) as err:  # model download / onnxruntime failures
         raise GmError(
             f"background removal failed: {err.__class__.__name__}: {err}",
-            "run `gm download rembg-u2net` once (or let rembg fetch it), "
+            "run `gm download rembg-u2net` again, "
             "or pass an RGBA image with --no-remove-bg",
         ) from None
     assert isinstance(out, Image.Image)
     return out.convert("RGBA")
+
+
+_REMBG = rembg_segment  # a replaced module-level segmenter (a test's) needs no model file
 
 
 def remove_background(image: Image.Image, segment: Segmenter | None = None) -> Image.Image:
@@ -109,6 +117,21 @@ def composite_white(rgba: Image.Image) -> Image.Image:
     return Image.fromarray((rgb * 255).astype(np.uint8), "RGB")
 
 
+def needs_removal(image: Image.Image, remove_bg: bool | None) -> bool:
+    """Whether `image`'s background gets removed: as asked, else (None) only without an alpha channel."""
+    if remove_bg is not None:
+        return remove_bg
+    return not (image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info))
+
+
+def check_segmenter(images: list[Image.Image], remove_bg: bool | None, segment: Segmenter | None) -> None:
+    """Before any model loads: when rembg will be needed, its model must be there (GmError otherwise)."""
+    if segment is None and rembg_segment is _REMBG and any(needs_removal(image, remove_bg) for image in images):
+        from gm.hub import rembg_model_dir
+
+        rembg_model_dir()
+
+
 def prepare_object(
     image: Image.Image,
     size: int = 576,
@@ -122,9 +145,6 @@ def prepare_object(
     remove_bg None = the reference's rule: only for images without an alpha channel. With
     remove_bg False an opaque image is its own object (the whole frame, padded square).
     """
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if remove_bg is None:
-        remove_bg = not has_alpha
-    rgba = remove_background(image, segment) if remove_bg else image.convert("RGBA")
+    rgba = remove_background(image, segment) if needs_removal(image, remove_bg) else image.convert("RGBA")
     square = centre_object(rgba, frame_ratio, bbox)
     return composite_white(square.resize((size, size), Image.Resampling.LANCZOS))

@@ -29,9 +29,10 @@ from gm.errors import UsageError
 from gm.models.build import Engine
 from gm.outputs import OutputSpec, run_record
 from gm.pipelines.common import Runtime, load
-from gm.pipelines.objects import Segmenter, prepare_object
+from gm.pipelines.objects import Segmenter, check_segmenter, prepare_object
 from gm.pipelines.video import ClipResult, VideoRequest, finish_clip, image_tensor, open_input, sample_clip
 from gm.presets import Preset
+from gm.provenance import engine_record
 
 
 def default_azimuths(frames: int) -> np.ndarray:
@@ -129,12 +130,14 @@ def orbit_files(
     if frame_ratio is not None and not 0.0 < frame_ratio <= 1.0:
         raise UsageError(f"--image-frame-ratio must be in (0, 1], got {frame_ratio}")
     images = [(path, open_input(path)) for path in inputs]
+    check_segmenter([image for _, image in images], remove_bg, segment)  # rembg's model, before the load
     engine = engine if engine is not None else load(preset, runtime, checkpoint, unsafe_pickle)
     for index, (path, image) in enumerate(images):
         view = prepare_object(image, size, frame_ratio, remove_bg, segment)
         req = dataclasses.replace(request, seed=request.seed + index)
         frames = run_orbit(engine, preset, runtime, view, req, elevations_deg, azimuths_deg)
-        record = run_record("orbit", preset, req.seed, input=str(path), steps=req.steps, frames=req.frames,
+        record = run_record("orbit", preset, req.seed, checkpoint=engine_record(engine), input=str(path),
+                            steps=req.steps, frames=req.frames,
                             cond_aug=req.cond_aug, decoding_t=req.decoding_t, fps=output.fps,
                             image_frame_ratio=frame_ratio)
         if camera_on:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -228,7 +229,21 @@ def video4d(preset: Preset, runtime_of, request: Video4DRequest, out_dir: Path,
     (process_input, [t000], v001..., [diag], grid)."""
     writer = Writer(out_dir, preset, request)
     videos = render(preset, runtime_of, request, checkpoint, sv3d_checkpoint, engine, unsafe_pickle, sv3d_engine)
+    writer.record.update(files_used(preset, request, checkpoint, sv3d_checkpoint, engine))
     return [writer.video(tag, pixels) for tag, pixels in videos.items()]
+
+
+def files_used(preset: Preset, request: Video4DRequest, checkpoint: str | Path | None = None,
+               sv3d_checkpoint: str | Path | None = None, engine: Engine | None = None) -> dict[str, Any]:
+    """The checkpoint files a run loaded, as outputs record them (their hashes were cached at load)."""
+    from gm.checkpoint import find_checkpoint
+    from gm.provenance import engine_record, file_record
+
+    used: dict[str, Any] = {"checkpoint": engine_record(engine) if engine is not None
+                            else file_record(find_checkpoint(preset, checkpoint))}
+    if is_sv4d(preset):
+        used["sv3d_checkpoint"] = file_record(find_checkpoint(sv3d_preset(request.sv3d_preset), sv3d_checkpoint))
+    return used
 
 
 def render(preset: Preset, runtime_of, request: Video4DRequest, checkpoint: str | None = None,

@@ -58,7 +58,7 @@ class TrainConfig:
     classifier_eval: bool = False  # score the final samples with a classifier trained on the data
     vae_checkpoint: str = ""  # latent presets: the frozen first stage's safetensors file
     clip_checkpoint: str = ""  # clip_l_text presets: openai/clip-vit-large-patch14 model.safetensors
-    num_threads: int = 0  # CPU threads for torch (0 = torch's default)
+    num_threads: int = 0  # CPU threads for torch (0 = the free cores, gm.threads.pick_threads)
 
 
 DataKind = Literal["mnist", "cifar10", "folder", "webdataset", "digits"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -27,6 +28,7 @@ from gm.device import DTYPES, apply_speed_settings, cpu_generator
 from gm.errors import InputError
 from gm.io.files import write_text_atomic
 from gm.models.build import validate
+from gm.threads import pick_threads
 from gm.train import checkpoint, samples
 from gm.train.classifier import per_class_accuracy, train_classifier
 from gm.train.config import data_config, train_config
@@ -86,6 +88,18 @@ def _log_steps(cfg_increase: bool) -> set[int]:
     return {2**k for k in range(10)} if cfg_increase else set()
 
 
+def set_threads(requested: int, device: torch.device) -> None:
+    """torch's CPU threads: [train].num_threads when set; for 0 on the CPU, OMP_NUM_THREADS when the
+    user set it, else the cores that are free (extra threads on busy cores slow small models down)."""
+    if requested == 0 and os.environ.get("OMP_NUM_THREADS"):
+        console.log(f"training on {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS)")
+        return
+    if requested or device.type == "cpu":
+        threads, why = pick_threads(requested)
+        torch.set_num_threads(threads)
+        console.log(f"training on {why}")
+
+
 def train(opts: TrainOptions) -> TrainResult:
     d, device = init_distributed(opts.device)
     if not d.main:
@@ -96,8 +110,7 @@ def train(opts: TrainOptions) -> TrainResult:
     validate(preset)
     if data_cfg.batch_size % d.world:
         raise presets.PresetError(f"data.batch_size {data_cfg.batch_size} is not divisible by {d.world} processes")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    set_threads(cfg.num_threads, device)
     apply_speed_settings(device)
     if run_dir is None and d.main:
         out_dir(opts)  # a usage error now, not after loading the data

@@ -36,9 +36,15 @@ def _weights(preset: Preset, key: str, value: str, what: str, download: str) -> 
         raise PresetError(f"{preset.source} [train].{key}: this preset needs the {what} weights",
                           f"--set train.{key}=checkpoints/<file> (gm download {download} fetches it)")
     path = Path(value).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{what} checkpoint not found: {path}", f"run gm download {download}")
-    return path
+    if path.is_file():
+        return path
+    from gm.hub import installed_path
+
+    found = installed_path(download)  # where `gm download` put it: the Hugging Face cache, GM_CHECKPOINTS
+    if found is not None:
+        return found
+    raise CheckpointError(f"{what} checkpoint not found: {path} (nor in the Hugging Face cache or GM_CHECKPOINTS)",
+                          f"run gm download {download}")
 
 
 def build_train_engine(preset: Preset, cfg: TrainConfig) -> Engine:

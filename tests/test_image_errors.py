@@ -109,7 +109,7 @@ def test_checkpoint_of_another_model_is_a_strict_error(gm, checkpoints: Path, tm
     (("--aspect", "wide"), "not a ratio"),
     (("-n", "0"), "-n must be at least 1"),
     (("--refiner", SD21, "--refiner-strength", "1.5"), "--refiner-strength must be in (0, 1]"),
-    (("--refiner", SD21, "--init-image", __file__), "needs --no-finish"),
+    (("--refiner", SD21, "--init-image", str(Path(__file__).parent / "media" / "test_image.png")), "needs --no-finish"),
     (("--seed", "-2"), "--seed must be in [0, 2^64) or -1 (random)"),
     (("--seed", "seven"), "--seed 'seven' is not a number"),
     (("--seed", str(2**64 - 1), "-n", "2"), "--seed must be in [0, 2^64)"),

@@ -12,68 +12,31 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, PngImagePlugin
-from typer.testing import CliRunner
 
-from commands.app import app
 from gm import presets
 from gm.diffusion.schedules import img2img_sigmas, turbo_sigmas
 from gm.errors import UsageError
-from gm.io.media import read_png_text
-from gm.pipelines import image as image_pipeline
 from gm.pipelines.image_input import parse_parameters, prompt_from_metadata
 from gm.pipelines.seeds import DRAW_LIMIT, resolve_seed
-from tests.tiny import make_checkpoint
 
-PRESETS = Path(__file__).resolve().parent / "presets"
-BASE = str(PRESETS / "tiny-sdxl-base.toml")
-REFINER = str(PRESETS / "tiny-sdxl-refiner.toml")
-TURBO = str(PRESETS / "tiny-sdxl-turbo.toml")
-SD21 = str(PRESETS / "tiny-sd21.toml")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("checkpoints")
-    for path in (BASE, REFINER, TURBO, SD21):
-        make_checkpoint(presets.load(path), folder)
-    return folder
-
-
-@pytest.fixture
-def gm(checkpoints: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("GM_CHECKPOINTS", str(checkpoints))
-    return lambda *args, stdin=None: CliRunner().invoke(app, list(args), input=stdin)
-
-
-@pytest.fixture
-def sampler_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    calls: list[dict] = []
-    original = image_pipeline.run_sampler
-
-    def recording(spec, denoise, noise, sigmas, generator, label="sample", name=None, noise_fn=None):
-        out = original(spec, denoise, noise, sigmas, generator, label=label, name=name, noise_fn=noise_fn)
-        calls.append(dict(label=label, sigmas=sigmas.clone(), noise=noise.clone(), out=out.clone()))
-        return out
-
-    monkeypatch.setattr(image_pipeline, "run_sampler", recording)
-    return calls
+# The tiny presets and the fixtures the image pipeline tests use (one thread, tiny checkpoints, the CLI,
+# a recorder of run_sampler calls).
+from tests.test_image_pipeline import (  # noqa: F401 - fixtures are found by name
+    BASE,
+    PRESETS,
+    REFINER,
+    SD21,
+    TURBO,
+    _one_thread,
+    checkpoints,
+    gm,
+    sampler_calls,
+)
+from tests.test_image_pipeline import record as meta
 
 
 def pixels(path: str | Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
-
-
-def meta(path: str | Path) -> tuple[str, dict]:
-    text = read_png_text(Path(path))
-    return text["parameters"], json.loads(text["gm"])
 
 
 # Seeds ----------------------------------------------------------------------------------------------

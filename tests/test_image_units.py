@@ -6,8 +6,8 @@ import pytest
 
 from gm import presets
 from gm.errors import UsageError
-from gm.pipelines.image_cond import SDXL_SIZES, aspect_size, check_size, parse_aspect, size_grid
 from gm.outputs import a1111_fields, model_hash, parameters_text
+from gm.pipelines.image_cond import SDXL_SIZES, aspect_size, check_size, parse_aspect, size_grid
 
 
 @pytest.mark.parametrize("text, size", [

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 
 from gm import addons as addon_files
@@ -32,7 +31,6 @@ from gm import device as dev
 from gm import presets
 from gm.console import console
 from gm.diffusion import guiders
-from gm.diffusion.denoiser import Cond
 from gm.diffusion.samplers import Denoise, NoiseFn, make_noise_fn
 from gm.diffusion.schedules import img2img_sigmas, start_scale, turbo_sigmas, txt2noisy_sigmas
 from gm.errors import UsageError
@@ -55,6 +53,7 @@ from gm.pipelines.common import (
     run_sampler,
     sigmas_for,
 )
+from gm.pipelines.image_batch import joined, numpy_noise, repeat_cond, turbo_noise_fn
 from gm.pipelines.image_cond import (
     TextCondition,
     aspect_size,
@@ -139,37 +138,9 @@ def _sample_all(preset: Preset, runtime: Runtime, engine: Engine, denoise: Calla
                 fns = [make_noise_fn(generators[j], (1, *x.shape[1:]), x.device, torch.float32) for j in part]
             tag = label if n == 1 else f"{label} {k + 1}/{n}" if len(part) == 1 else f"{label} {k + 1}-{part[-1] + 1}/{n}"
             latents = run_sampler(preset.sampler, denoise(len(part)), x, sigmas, generators[k], label=tag,
-                                  noise_fn=None if fns is None else _joined(fns))
+                                  noise_fn=None if fns is None else joined(fns))
             out.extend(latents.split(1))
     return out
-
-
-def _joined(fns: list[NoiseFn]) -> NoiseFn:
-    """One batch's noise: each image's own draw, stacked."""
-    return lambda step: fns[0](step) if len(fns) == 1 else torch.cat([f(step) for f in fns])
-
-
-def _repeat(cond: Cond, b: int, done: dict[int, torch.Tensor]) -> Cond:
-    """Conditioning of one image for a batch of b (shared tensors stay shared between c and uc)."""
-    if b == 1:
-        return cond
-    out = {}
-    for key, value in cond.items():
-        if isinstance(value, torch.Tensor) and id(value) not in done:
-            done[id(value)] = value.repeat(b, *([1] * (value.ndim - 1)))
-        out[key] = done[id(value)] if isinstance(value, torch.Tensor) else value
-    return out
-
-
-def numpy_noise(seed: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Standard normal noise from numpy's RandomState(seed), as the turbo demo draws it."""
-    return torch.from_numpy(np.random.RandomState(seed).randn(*shape).astype(np.float32)).to(device)
-
-
-def turbo_noise_fn(seed: int, shape: tuple[int, ...], device: torch.device) -> NoiseFn:
-    """The turbo demo's ancestral draws: call i (every step, the last included) uses RandomState(seed + 1 + i)."""
-    calls = iter(range(seed + 1, seed + 1 + 10_000))
-    return lambda _step: numpy_noise(next(calls), shape, device)
 
 
 def _denoise_for(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCondition) -> Callable[[int], Denoise]:
@@ -182,8 +153,8 @@ def _denoise_for(engine: Engine, preset: Preset, runtime: Runtime, spec: TextCon
     def for_batch(b: int) -> Denoise:
         if b not in made:
             done: dict[int, torch.Tensor] = {}
-            made[b] = guided_denoise(denoiser, guider, _repeat(cond, b, done),
-                                     None if uc is None else _repeat(uc, b, done))
+            made[b] = guided_denoise(denoiser, guider, repeat_cond(cond, b, done),
+                                     None if uc is None else repeat_cond(uc, b, done))
         return made[b]
 
     return for_batch
